@@ -1,0 +1,156 @@
+/*
+ * shmem.c — batchkit's shared memory: request, initialise, find, and the
+ * helpers that claim and update worker slots.
+ *
+ * Locking contract: BkShared->lock (LWLock tranche "batchkit").
+ *   - EXCLUSIVE: claiming or releasing a slot, updating a slot's fields.
+ *   - SHARED: reading slots (SQL views copy the slot out, then release).
+ * A worker only ever updates its own slot. The lock is never held across I/O,
+ * a call into the C++ core, or anything that can ereport(ERROR).
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/timestamp.h"
+
+#include "batchkit.h"
+
+BkShared *bk_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+bk_shmem_size(void)
+{
+    /* slot 0 is the launcher, then one per flush worker */
+    return add_size(offsetof(BkShared, slots),
+                    mul_size(sizeof(BkWorkerSlot), bk_max_workers + 1));
+}
+
+static void
+bk_shmem_request(void)
+{
+    if (prev_shmem_request_hook)
+        prev_shmem_request_hook();
+    RequestAddinShmemSpace(bk_shmem_size());
+    RequestNamedLWLockTranche("batchkit", 1);
+}
+
+static void
+bk_shmem_startup(void)
+{
+    bool found;
+
+    if (prev_shmem_startup_hook)
+        prev_shmem_startup_hook();
+
+    LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+    bk_shared = ShmemInitStruct("batchkit", bk_shmem_size(), &found);
+    if (!found)
+    {
+        memset(bk_shared, 0, bk_shmem_size());
+        bk_shared->lock = &(GetNamedLWLockTranche("batchkit"))->lock;
+        bk_shared->max_workers = bk_max_workers;
+    }
+    LWLockRelease(AddinShmemInitLock);
+}
+
+void
+bk_shmem_install_hooks(void)
+{
+    prev_shmem_request_hook = shmem_request_hook;
+    shmem_request_hook = bk_shmem_request;
+    prev_shmem_startup_hook = shmem_startup_hook;
+    shmem_startup_hook = bk_shmem_startup;
+}
+
+void
+bk_require_shmem(void)
+{
+    if (bk_shared == NULL)
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                 errmsg("batchkit must be loaded via shared_preload_libraries"),
+                 errhint("Add batchkit to shared_preload_libraries in postgresql.conf "
+                         "and restart the server.")));
+}
+
+static void
+bk_slot_release(int code, Datum arg)
+{
+    BkWorkerSlot *slot = (BkWorkerSlot *) DatumGetPointer(arg);
+
+    LWLockAcquire(bk_shared->lock, LW_EXCLUSIVE);
+    if (slot->pid == MyProcPid)
+    {
+        slot->in_use = false;
+        slot->pid = 0;
+        strlcpy(slot->state, "stopped", BK_STATE_LEN);
+        slot->sink[0] = '\0';
+    }
+    LWLockRelease(bk_shared->lock);
+}
+
+/*
+ * Claim a slot for this process: slot 0 for the launcher, a free one of
+ * 1..max_workers for a flush worker. Returns NULL when none is free. The slot
+ * is released automatically when the process exits (also after kill -9: the
+ * postmaster then reinitialises shared memory).
+ */
+BkWorkerSlot *
+bk_slot_claim(char kind, Oid dboid)
+{
+    BkWorkerSlot *slot = NULL;
+    TimestampTz now = GetCurrentTimestamp();
+
+    bk_require_shmem();
+    LWLockAcquire(bk_shared->lock, LW_EXCLUSIVE);
+    if (kind == BK_WORKER_KIND_LAUNCHER)
+    {
+        slot = &bk_shared->slots[0];
+        bk_shared->launcher_starts++;
+    }
+    else
+    {
+        for (int i = 1; i <= bk_shared->max_workers; i++)
+        {
+            if (!bk_shared->slots[i].in_use)
+            {
+                slot = &bk_shared->slots[i];
+                break;
+            }
+        }
+    }
+    if (slot != NULL)
+    {
+        memset(slot, 0, sizeof(*slot));
+        slot->in_use = true;
+        slot->kind = kind;
+        slot->pid = MyProcPid;
+        slot->dboid = dboid;
+        slot->started = now;
+        slot->last_activity = now;
+        strlcpy(slot->state, "starting", BK_STATE_LEN);
+    }
+    LWLockRelease(bk_shared->lock);
+
+    if (slot != NULL)
+        on_shmem_exit(bk_slot_release, PointerGetDatum(slot));
+    return slot;
+}
+
+void
+bk_slot_set_state(BkWorkerSlot *slot, const char *state, const char *sink)
+{
+    TimestampTz now = GetCurrentTimestamp();
+
+    LWLockAcquire(bk_shared->lock, LW_EXCLUSIVE);
+    strlcpy(slot->state, state, BK_STATE_LEN);
+    strlcpy(slot->sink, sink ? sink : "", NAMEDATALEN);
+    slot->last_activity = now;
+    LWLockRelease(bk_shared->lock);
+}

@@ -1,0 +1,119 @@
+"""Fixtures for batchkit's integration tests: real PostgreSQL, Redis and Kafka.
+
+scripts/test.sh starts the services and exports their settings (PGHOST, PGPORT,
+REDIS_PORT, KAFKA_BOOTSTRAP, BATCHKIT_RUN_DIR). Run pytest on its own and this
+file starts them itself (scripts/services.sh) and stops them at the end: a test
+never skips because a service is missing.
+"""
+import os
+import pathlib
+import subprocess
+import time
+import uuid
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+import redis as redis_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts"
+
+
+def _load_env(path):
+    env = {}
+    for line in pathlib.Path(path).read_text().splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            env[k] = v
+    return env
+
+
+@pytest.fixture(scope="session")
+def services():
+    """The running services' settings; starts them when the caller did not."""
+    started_here = False
+    if not os.environ.get("BATCHKIT_RUN_DIR"):
+        subprocess.run(["bash", str(SCRIPTS / "services.sh"), "start"], check=True)
+        started_here = True
+        run_dir = (ROOT / ".run" / "current").read_text().strip()
+        os.environ.update(_load_env(pathlib.Path(run_dir) / "env"))
+    env = {k: os.environ[k] for k in
+           ("BATCHKIT_RUN_DIR", "PGHOST", "PGPORT", "PGUSER", "PGDATA", "REDIS_PORT",
+            "KAFKA_BOOTSTRAP")}
+    yield env
+    if started_here:
+        subprocess.run(["bash", str(SCRIPTS / "services.sh"), "stop"], check=False)
+
+
+def connect(services, dbname="postgres", autocommit=True, **kw):
+    conn = psycopg2.connect(host=services["PGHOST"], port=services["PGPORT"],
+                            user=kw.pop("user", services["PGUSER"]), dbname=dbname, **kw)
+    conn.autocommit = autocommit
+    return conn
+
+
+def wait_for_server(services, timeout=60):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            connect(services).close()
+            return
+        except psycopg2.OperationalError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def dbname(services, request):
+    """A fresh database with batchkit installed, one per test module."""
+    name = "bk_" + request.module.__name__.split(".")[-1][:40] + "_" + uuid.uuid4().hex[:6]
+    admin = connect(services)
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
+    conn = connect(services, name)
+    with conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION batchkit")
+    conn.close()
+    yield name
+    admin = connect(services)
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def db(services, dbname):
+    """An autocommit connection to the module's database."""
+    conn = connect(services, dbname)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def redis_client(services):
+    r = redis_lib.Redis(host="127.0.0.1", port=int(services["REDIS_PORT"]), socket_timeout=10)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def kafka_bootstrap(services):
+    return services["KAFKA_BOOTSTRAP"]
+
+
+def pg_script(*args, check=True):
+    """scripts/pg.sh: init/start/stop extra throwaway clusters."""
+    return subprocess.run(["bash", str(SCRIPTS / "pg.sh"), *map(str, args)], check=check,
+                          capture_output=True, text=True)
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
