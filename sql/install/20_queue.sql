@@ -23,6 +23,7 @@ CREATE TABLE batchkit.queue (
     nbytes       integer NOT NULL,  -- encoded payload size
     txid         xid8 NOT NULL,     -- writer's transaction
     captured_at  timestamptz NOT NULL,
+    done_records integer NOT NULL DEFAULT 0, -- records already acknowledged (a batch may end mid-chunk)
     payload      bytea NOT NULL
 ) PARTITION BY LIST (segment);
 
@@ -47,9 +48,9 @@ INSERT INTO batchkit.queue_state DEFAULT VALUES;
 CREATE TABLE batchkit.inflight (
     sink_id      integer NOT NULL,
     batch_seq    bigint NOT NULL,
-    chunk_ids    bigint[] NOT NULL,
-    first_record integer NOT NULL DEFAULT 0, -- records of chunk_ids[1] already acknowledged
-    last_record  integer,                    -- NULL: through the end of the last chunk
+    chunk_ids    bigint[] NOT NULL,          -- in chunk_id order
+    chunk_starts integer[] NOT NULL,         -- first record index taken from each chunk
+    last_end     integer,                    -- end (exclusive) in the last chunk; NULL: all of it
     nrecords     integer NOT NULL,
     claimed_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (sink_id, batch_seq)

@@ -19,6 +19,8 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/latch.h"
 #include "storage/lwlock.h"
 
 #define BK_WORKER_KIND_LAUNCHER 'L'
@@ -34,17 +36,37 @@ typedef struct BkWorkerSlot {
     TimestampTz last_activity;
     char state[BK_STATE_LEN];  /* "starting", "idle", "flushing", ... */
     char sink[NAMEDATALEN];    /* sink being served, "" when none */
+    Latch *latch;              /* the process's latch: set to wake it */
 } BkWorkerSlot;
+
+/*
+ * Per-sink shared state, keyed by (database, sink_id). `queued` counts committed,
+ * unacknowledged records: writers add at commit (queue.c's XactCallback), the flush
+ * worker subtracts at acknowledgement. It is rebuilt from the queue table the first
+ * time a sink is seen after start-up (depth_known), so reading it never needs a
+ * count(*). Atomics: writers never take a lock to update it.
+ */
+typedef struct BkSinkSlot {
+    bool in_use;
+    bool depth_known;
+    Oid dboid;
+    int32 sink_id;
+    pg_atomic_uint64 queued;
+} BkSinkSlot;
 
 typedef struct BkShared {
     LWLock *lock;
     int max_workers;           /* flush worker slots; slot 0 is the launcher */
+    int max_sinks;
     uint64 launcher_starts;    /* how many times a launcher has started */
+    BkSinkSlot *sinks;         /* max_sinks entries, after the worker slots */
     BkWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } BkShared;
 
 /* GUCs (module.c) */
 extern int bk_max_workers;
+extern int bk_max_sinks;
+extern int bk_chunk_records;
 extern int bk_naptime_ms;
 extern bool bk_launcher_enabled;
 
@@ -54,6 +76,23 @@ extern void bk_shmem_install_hooks(void);
 extern void bk_require_shmem(void);
 extern BkWorkerSlot *bk_slot_claim(char kind, Oid dboid);
 extern void bk_slot_set_state(BkWorkerSlot *slot, const char *state, const char *sink);
+extern BkSinkSlot *bk_sink_slot(Oid dboid, int32 sink_id, bool create);
+extern void bk_sink_slot_forget(Oid dboid, int32 sink_id);
+extern void bk_wake_database(Oid dboid);
+
+/* queue.c */
+extern void bk_queue_init_backend(void);
+extern uint64 bk_sink_depth(int32 sink_id, bool *known);
+extern void bk_queue_note_enqueued(int32 sink_id, uint64 nrecords);
+extern void bk_queue_note_acked(int32 sink_id, uint64 nrecords);
+extern void bk_queue_check_backpressure(int32 sink_id, uint64 adding);
+extern void bk_queue_insert_chunk(int32 sink_id, Oid source, const char *data, int len,
+                                  uint32 nrecords);
+extern Oid bk_queue_owner(void);
+extern void bk_begin_as_owner(Oid *save_userid, int *save_sec);
+extern void bk_end_as_owner(Oid save_userid, int save_sec);
+extern void bk_invalidate_catalog_cache(void);
+extern int32 bk_lookup_sink_id(const char *name, bool missing_ok);
 
 /* launcher.c */
 extern void bk_register_launcher(void);

@@ -17,6 +17,8 @@ PG_MODULE_MAGIC;
 
 int bk_max_workers = 8;
 int bk_naptime_ms = 1000;
+int bk_max_sinks = 128;
+int bk_chunk_records = 1000;
 bool bk_launcher_enabled = true;
 
 void _PG_init(void);
@@ -35,6 +37,13 @@ _PG_init(void)
                             &bk_naptime_ms, 1000, 10, 3600 * 1000,
                             PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 
+    DefineCustomIntVariable("batchkit.chunk_records",
+                            "Most records one queue chunk holds.",
+                            "A statement's captured rows are packed into chunks of at most "
+                            "this many records (and about 1 MB).",
+                            &bk_chunk_records, 1000, 1, 65536,
+                            PGC_USERSET, 0, NULL, NULL, NULL);
+
     if (!process_shared_preload_libraries_in_progress)
     {
         /*
@@ -50,6 +59,12 @@ _PG_init(void)
                             "Maximum number of batchkit flush workers (one per database).",
                             "Sizes shared memory; takes effect at server start.",
                             &bk_max_workers, 8, 1, 256,
+                            PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+    DefineCustomIntVariable("batchkit.max_sinks",
+                            "Maximum number of sinks (over all databases) with shared state.",
+                            "Sizes shared memory for queue depth and statistics.",
+                            &bk_max_sinks, 128, 1, 65536,
                             PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
     DefineCustomBoolVariable("batchkit.launcher_enabled",

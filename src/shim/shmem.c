@@ -12,6 +12,7 @@
 
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "storage/proc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
@@ -24,11 +25,17 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static Size
-bk_shmem_size(void)
+bk_workers_size(void)
 {
     /* slot 0 is the launcher, then one per flush worker */
-    return add_size(offsetof(BkShared, slots),
-                    mul_size(sizeof(BkWorkerSlot), bk_max_workers + 1));
+    return MAXALIGN(add_size(offsetof(BkShared, slots),
+                             mul_size(sizeof(BkWorkerSlot), bk_max_workers + 1)));
+}
+
+static Size
+bk_shmem_size(void)
+{
+    return add_size(bk_workers_size(), mul_size(sizeof(BkSinkSlot), bk_max_sinks));
 }
 
 static void
@@ -55,7 +62,10 @@ bk_shmem_startup(void)
         memset(bk_shared, 0, bk_shmem_size());
         bk_shared->lock = &(GetNamedLWLockTranche("batchkit"))->lock;
         bk_shared->max_workers = bk_max_workers;
+        bk_shared->max_sinks = bk_max_sinks;
     }
+    /* every process computes the same address (the segment is mapped at the same place) */
+    bk_shared->sinks = (BkSinkSlot *) ((char *) bk_shared + bk_workers_size());
     LWLockRelease(AddinShmemInitLock);
 }
 
@@ -135,6 +145,7 @@ bk_slot_claim(char kind, Oid dboid)
         slot->started = now;
         slot->last_activity = now;
         strlcpy(slot->state, "starting", BK_STATE_LEN);
+        slot->latch = &MyProc->procLatch;
     }
     LWLockRelease(bk_shared->lock);
 
@@ -153,4 +164,107 @@ bk_slot_set_state(BkWorkerSlot *slot, const char *state, const char *sink)
     strlcpy(slot->sink, sink ? sink : "", NAMEDATALEN);
     slot->last_activity = now;
     LWLockRelease(bk_shared->lock);
+}
+
+/*
+ * Find the shared slot of a sink; with `create`, take a free one. Returns NULL
+ * when batchkit is not preloaded, or when every slot is taken (then depth is
+ * unknown and backpressure cannot apply: a WARNING says so once per backend).
+ */
+BkSinkSlot *
+bk_sink_slot(Oid dboid, int32 sink_id, bool create)
+{
+    BkSinkSlot *found = NULL;
+    static bool warned = false;
+
+    if (bk_shared == NULL)
+        return NULL;
+    LWLockAcquire(bk_shared->lock, LW_SHARED);
+    for (int i = 0; i < bk_shared->max_sinks; i++)
+    {
+        BkSinkSlot *s = &bk_shared->sinks[i];
+
+        if (s->in_use && s->dboid == dboid && s->sink_id == sink_id)
+        {
+            found = s;
+            break;
+        }
+    }
+    LWLockRelease(bk_shared->lock);
+    if (found || !create)
+        return found;
+
+    LWLockAcquire(bk_shared->lock, LW_EXCLUSIVE);
+    for (int i = 0; i < bk_shared->max_sinks && found == NULL; i++)
+    {
+        BkSinkSlot *s = &bk_shared->sinks[i];
+
+        if (s->in_use && s->dboid == dboid && s->sink_id == sink_id)
+            found = s;
+    }
+    for (int i = 0; i < bk_shared->max_sinks && found == NULL; i++)
+    {
+        BkSinkSlot *s = &bk_shared->sinks[i];
+
+        if (!s->in_use)
+        {
+            memset(s, 0, sizeof(*s));
+            s->in_use = true;
+            s->dboid = dboid;
+            s->sink_id = sink_id;
+            s->depth_known = false;
+            pg_atomic_init_u64(&s->queued, 0);
+            found = s;
+        }
+    }
+    LWLockRelease(bk_shared->lock);
+    if (found == NULL && !warned)
+    {
+        warned = true;
+        ereport(WARNING,
+                (errmsg("batchkit has no free shared slot for another sink"),
+                 errhint("Raise batchkit.max_sinks (currently %d) and restart the server.",
+                         bk_shared->max_sinks)));
+    }
+    return found;
+}
+
+void
+bk_sink_slot_forget(Oid dboid, int32 sink_id)
+{
+    if (bk_shared == NULL)
+        return;
+    LWLockAcquire(bk_shared->lock, LW_EXCLUSIVE);
+    for (int i = 0; i < bk_shared->max_sinks; i++)
+    {
+        BkSinkSlot *s = &bk_shared->sinks[i];
+
+        if (s->in_use && s->dboid == dboid && s->sink_id == sink_id)
+            s->in_use = false;
+    }
+    LWLockRelease(bk_shared->lock);
+}
+
+/* Set the latch of the flush worker serving a database (no-op when there is none). */
+void
+bk_wake_database(Oid dboid)
+{
+    Latch *latch = NULL;
+
+    if (bk_shared == NULL)
+        return;
+    LWLockAcquire(bk_shared->lock, LW_SHARED);
+    for (int i = 1; i <= bk_shared->max_workers; i++)
+    {
+        BkWorkerSlot *w = &bk_shared->slots[i];
+
+        if (w->in_use && w->kind == BK_WORKER_KIND_FLUSH && w->dboid == dboid)
+        {
+            latch = w->latch;
+            break;
+        }
+    }
+    LWLockRelease(bk_shared->lock);
+    if (latch)
+        SetLatch(latch);
 }

@@ -1,0 +1,450 @@
+/*
+ * chunk.c — encode and decode the packed binary chunks of the capture queue.
+ *
+ * See chunk.h for the layout. Writers copy MinimalTuples out of the transition
+ * tables (one memcpy per record; tuples with out-of-line TOAST values are
+ * flattened first, because the source's TOAST may be gone by delivery time).
+ * Readers decode in place and render JSON with Postgres's own row_to_json, so
+ * every type — arrays, numerics, timestamps, json, composites — looks exactly
+ * as Postgres renders it.
+ */
+#include "postgres.h"
+
+#include "access/heaptoast.h"
+#include "access/htup_details.h"
+#include "catalog/pg_type_d.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "chunk.h"
+
+static void
+pad_maxalign(StringInfo buf)
+{
+	static const char zeros[MAXIMUM_ALIGNOF] = {0};
+	int			pad = MAXALIGN(buf->len) - buf->len;
+
+	if (pad > 0)
+		appendBinaryStringInfo(buf, zeros, pad);
+}
+
+static void
+writer_start(BkChunkWriter *w)
+{
+	if (w->buf.data == NULL)
+		initStringInfo(&w->buf);
+	else
+		resetStringInfo(&w->buf);
+	w->nrecords = 0;
+	w->header_len = 0;
+}
+
+void
+bk_chunk_begin_rows(BkChunkWriter *w, Relation rel, const bool *is_key, const bool *is_emitted)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	BkChunkHeader h;
+	char	   *schema = get_namespace_name(RelationGetNamespace(rel));
+
+	writer_start(w);
+	memset(&h, 0, sizeof(h));
+	h.magic = BK_CHUNK_MAGIC;
+	h.version = BK_CHUNK_VERSION;
+	h.kind = BK_CHUNK_KIND_ROWS;
+	h.natts = desc->natts;
+	h.relid = RelationGetRelid(rel);
+	appendBinaryStringInfo(&w->buf, (char *) &h, sizeof(h));
+	appendBinaryStringInfo(&w->buf, schema, strlen(schema) + 1);
+	appendBinaryStringInfo(&w->buf, RelationGetRelationName(rel),
+						   strlen(RelationGetRelationName(rel)) + 1);
+	pad_maxalign(&w->buf);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		BkChunkAtt	a;
+
+		memset(&a, 0, sizeof(a));
+		a.typid = att->attisdropped ? InvalidOid : att->atttypid;
+		a.typmod = att->atttypmod;
+		a.attlen = att->attlen;
+		a.attbyval = att->attbyval;
+		a.attalign = att->attalign;
+		if (att->attisdropped)
+			a.flags |= BK_ATT_DROPPED;
+		else
+		{
+			if (is_key[i + 1])
+				a.flags |= BK_ATT_KEY;
+			if (is_emitted[i + 1])
+				a.flags |= BK_ATT_EMIT;
+		}
+		appendBinaryStringInfo(&w->buf, (char *) &a, sizeof(a));
+	}
+	for (int i = 0; i < desc->natts; i++)
+	{
+		const char *name = NameStr(TupleDescAttr(desc, i)->attname);
+
+		appendBinaryStringInfo(&w->buf, name, strlen(name) + 1);
+	}
+	pad_maxalign(&w->buf);
+	w->header_len = w->buf.len;
+	((BkChunkHeader *) w->buf.data)->header_len = w->header_len;
+}
+
+void
+bk_chunk_begin_messages(BkChunkWriter *w)
+{
+	BkChunkHeader h;
+
+	writer_start(w);
+	memset(&h, 0, sizeof(h));
+	h.magic = BK_CHUNK_MAGIC;
+	h.version = BK_CHUNK_VERSION;
+	h.kind = BK_CHUNK_KIND_MESSAGES;
+	appendBinaryStringInfo(&w->buf, (char *) &h, sizeof(h));
+	appendBinaryStringInfo(&w->buf, "\0\0", 2);
+	pad_maxalign(&w->buf);
+	w->header_len = w->buf.len;
+	((BkChunkHeader *) w->buf.data)->header_len = w->header_len;
+}
+
+/* Out-of-line TOAST values point into the source's TOAST table: inline them. */
+static MinimalTuple
+flatten_if_external(MinimalTuple mtup, TupleDesc desc)
+{
+	HeapTuple	ht;
+	HeapTuple	flat;
+
+	if (mtup == NULL || !(mtup->t_infomask & HEAP_HASEXTERNAL))
+		return mtup;
+	ht = heap_tuple_from_minimal_tuple(mtup);
+	flat = toast_flatten_tuple(ht, desc);
+	return minimal_tuple_from_heap_tuple(flat);
+}
+
+static void
+append_tuple(StringInfo buf, MinimalTuple mtup)
+{
+	int			start;
+
+	/* room to turn the image into a HeapTupleHeader in place when reading */
+	enlargeStringInfo(buf, MINIMAL_TUPLE_OFFSET + mtup->t_len + MAXIMUM_ALIGNOF);
+	start = buf->len;
+	memset(buf->data + start, 0, MINIMAL_TUPLE_OFFSET);
+	memcpy(buf->data + start + MINIMAL_TUPLE_OFFSET, mtup, mtup->t_len);
+	buf->len += MINIMAL_TUPLE_OFFSET + mtup->t_len;
+	buf->data[buf->len] = '\0';
+	pad_maxalign(buf);
+}
+
+void
+bk_chunk_add_row(BkChunkWriter *w, char op, TupleDesc desc, MinimalTuple before, MinimalTuple after)
+{
+	BkChunkRecord rec;
+
+	before = flatten_if_external(before, desc);
+	after = flatten_if_external(after, desc);
+	memset(&rec, 0, sizeof(rec));
+	rec.op = op;
+	if (before)
+	{
+		rec.flags |= BK_REC_HAS_BEFORE;
+		rec.len1 = before->t_len;
+	}
+	if (after)
+	{
+		rec.flags |= BK_REC_HAS_AFTER;
+		rec.len2 = after->t_len;
+	}
+	appendBinaryStringInfo(&w->buf, (char *) &rec, sizeof(rec));
+	if (before)
+		append_tuple(&w->buf, before);
+	if (after)
+		append_tuple(&w->buf, after);
+	w->nrecords++;
+}
+
+void
+bk_chunk_add_message(BkChunkWriter *w, const char *key, int keylen, const char *payload,
+					 int payloadlen, const char *headers, int headerslen)
+{
+	BkChunkRecord rec;
+
+	memset(&rec, 0, sizeof(rec));
+	rec.op = BK_OP_MESSAGE;
+	if (key)
+	{
+		rec.flags |= BK_REC_HAS_KEY;
+		rec.len1 = keylen;
+	}
+	rec.len2 = payloadlen;
+	if (headers)
+	{
+		rec.flags |= BK_REC_HAS_HEADERS;
+		rec.len3 = headerslen;
+	}
+	appendBinaryStringInfo(&w->buf, (char *) &rec, sizeof(rec));
+	if (key)
+		appendBinaryStringInfo(&w->buf, key, keylen);
+	appendBinaryStringInfo(&w->buf, payload, payloadlen);
+	if (headers)
+		appendBinaryStringInfo(&w->buf, headers, headerslen);
+	pad_maxalign(&w->buf);
+	w->nrecords++;
+}
+
+void
+bk_chunk_finish(BkChunkWriter *w)
+{
+	((BkChunkHeader *) w->buf.data)->nrecords = w->nrecords;
+}
+
+void
+bk_chunk_reset(BkChunkWriter *w)
+{
+	/* keep the header, drop the records */
+	w->buf.len = w->header_len;
+	w->buf.data[w->buf.len] = '\0';
+	w->nrecords = 0;
+}
+
+/* ---- reading ---------------------------------------------------------- */
+
+static void
+corrupt(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("batchkit queue chunk is corrupt: %s", what)));
+}
+
+void
+bk_chunk_open(BkChunkReader *r, char *data, Size len)
+{
+	Size		pos;
+
+	memset(r, 0, sizeof(*r));
+	r->data = data;
+	r->len = len;
+	if (len < sizeof(BkChunkHeader))
+		corrupt("too short");
+	r->hdr = (const BkChunkHeader *) data;
+	if (r->hdr->magic != BK_CHUNK_MAGIC || r->hdr->version != BK_CHUNK_VERSION)
+		corrupt("bad magic or version");
+	if (r->hdr->header_len > len || r->hdr->header_len < sizeof(BkChunkHeader))
+		corrupt("bad header length");
+	pos = sizeof(BkChunkHeader);
+	r->schema = data + pos;
+	pos += strnlen(data + pos, len - pos) + 1;
+	r->table = data + pos;
+	pos += strnlen(data + pos, len - pos) + 1;
+	if (r->hdr->kind == BK_CHUNK_KIND_ROWS)
+	{
+		pos = MAXALIGN(pos);
+		if (pos + sizeof(BkChunkAtt) * r->hdr->natts > r->hdr->header_len)
+			corrupt("attribute table overruns the header");
+		r->atts = (const BkChunkAtt *) (data + pos);
+		pos += sizeof(BkChunkAtt) * r->hdr->natts;
+		r->attnames = palloc(sizeof(char *) * Max(r->hdr->natts, 1));
+		for (int i = 0; i < r->hdr->natts; i++)
+		{
+			if (pos >= r->hdr->header_len)
+				corrupt("attribute names overrun the header");
+			r->attnames[i] = data + pos;
+			pos += strnlen(data + pos, r->hdr->header_len - pos) + 1;
+			if (r->atts[i].flags & BK_ATT_KEY)
+			{
+				r->nkeys++;
+				r->key_attno = i + 1;
+			}
+		}
+	}
+	else if (r->hdr->kind != BK_CHUNK_KIND_MESSAGES)
+		corrupt("unknown kind");
+	r->pos = r->hdr->header_len;
+}
+
+static HeapTupleHeader
+tuple_in_place(BkChunkReader *r, Size *pos, uint32 tlen)
+{
+	HeapTupleHeader h;
+
+	if (*pos + MINIMAL_TUPLE_OFFSET + tlen > r->len)
+		corrupt("tuple overruns the chunk");
+	h = (HeapTupleHeader) (r->data + *pos);
+	memset(h, 0, offsetof(HeapTupleHeaderData, t_infomask2));
+	HeapTupleHeaderSetDatumLength(h, tlen + MINIMAL_TUPLE_OFFSET);
+	HeapTupleHeaderSetTypeId(h, RECORDOID);
+	*pos = MAXALIGN(*pos + MINIMAL_TUPLE_OFFSET + tlen);
+	return h;
+}
+
+bool
+bk_chunk_next(BkChunkReader *r, BkChunkRecordView *rec)
+{
+	const BkChunkRecord *cr;
+	Size		pos = r->pos;
+
+	if (r->next_index >= r->hdr->nrecords)
+		return false;
+	if (pos + sizeof(BkChunkRecord) > r->len)
+		corrupt("record overruns the chunk");
+	cr = (const BkChunkRecord *) (r->data + pos);
+	pos += sizeof(BkChunkRecord);
+	memset(rec, 0, sizeof(*rec));
+	rec->index = r->next_index++;
+	rec->op = cr->op;
+	if (r->hdr->kind == BK_CHUNK_KIND_ROWS)
+	{
+		if (cr->flags & BK_REC_HAS_BEFORE)
+			rec->before = tuple_in_place(r, &pos, cr->len1);
+		if (cr->flags & BK_REC_HAS_AFTER)
+			rec->after = tuple_in_place(r, &pos, cr->len2);
+	}
+	else
+	{
+		if ((Size) pos + cr->len1 + cr->len2 + cr->len3 > r->len)
+			corrupt("message overruns the chunk");
+		if (cr->flags & BK_REC_HAS_KEY)
+		{
+			rec->key = r->data + pos;
+			rec->keylen = cr->len1;
+			pos += cr->len1;
+		}
+		rec->payload = r->data + pos;
+		rec->payloadlen = cr->len2;
+		pos += cr->len2;
+		if (cr->flags & BK_REC_HAS_HEADERS)
+		{
+			rec->headers = r->data + pos;
+			rec->headerslen = cr->len3;
+			pos += cr->len3;
+		}
+		pos = MAXALIGN(pos);
+	}
+	r->pos = pos;
+	return true;
+}
+
+/* A blessed descriptor of the chunk's layout showing only key or only emitted columns. */
+static TupleDesc
+decoding_desc(BkChunkReader *r, bool key_only)
+{
+	int			natts = r->hdr->natts;
+	TupleDesc	desc = CreateTemplateTupleDesc(natts);
+
+	for (int i = 0; i < natts; i++)
+	{
+		const BkChunkAtt *a = &r->atts[i];
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		bool		shown = key_only ? (a->flags & BK_ATT_KEY) : (a->flags & BK_ATT_EMIT);
+
+		if (!(a->flags & BK_ATT_DROPPED) && OidIsValid(a->typid) &&
+			get_typlen(a->typid) != 0)
+		{
+			TupleDescInitEntry(desc, i + 1, r->attnames[i], a->typid, a->typmod, 0);
+			if (att->attlen != a->attlen || att->attbyval != a->attbyval ||
+				att->attalign != a->attalign)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("batchkit cannot decode queued column \"%s\" of %s.%s: its type "
+								"%u changed storage layout", r->attnames[i], r->schema,
+								r->table, a->typid)));
+		}
+		else
+		{
+			/* a dropped column, or a type that no longer exists: keep the layout */
+			memset(att, 0, ATTRIBUTE_FIXED_PART_SIZE);
+			namestrcpy(&att->attname, r->attnames[i]);
+			att->attnum = i + 1;
+			att->attlen = a->attlen;
+			att->attbyval = a->attbyval;
+			att->attalign = a->attalign;
+			att->attstorage = TYPSTORAGE_PLAIN;
+			att->atttypmod = -1;
+			att->attisdropped = true;
+			shown = false;
+		}
+		if (!shown)
+			att->attisdropped = true;
+	}
+	return BlessTupleDesc(desc);
+}
+
+void
+bk_chunk_row_json(BkChunkReader *r, HeapTupleHeader tup, bool key_only, StringInfo out)
+{
+	TupleDesc	desc;
+	text	   *json;
+
+	if (key_only)
+	{
+		if (r->key_desc == NULL)
+			r->key_desc = decoding_desc(r, true);
+		desc = r->key_desc;
+	}
+	else
+	{
+		if (r->emit_desc == NULL)
+			r->emit_desc = decoding_desc(r, false);
+		desc = r->emit_desc;
+	}
+	HeapTupleHeaderSetTypMod(tup, desc->tdtypmod);
+	json = DatumGetTextPP(DirectFunctionCall1(row_to_json, PointerGetDatum(tup)));
+	appendBinaryStringInfo(out, VARDATA_ANY(json), VARSIZE_ANY_EXHDR(json));
+	pfree(json);
+}
+
+static bool
+attr_text(BkChunkReader *r, HeapTupleHeader tup, int attno, StringInfo out)
+{
+	HeapTupleData htup;
+	Datum		value;
+	bool		isnull;
+	Oid			outfunc;
+	bool		isvarlena;
+	char	   *s;
+
+	if (r->key_desc == NULL)
+		r->key_desc = decoding_desc(r, true);
+	htup.t_len = HeapTupleHeaderGetDatumLength(tup);
+	htup.t_data = tup;
+	ItemPointerSetInvalid(&htup.t_self);
+	htup.t_tableOid = InvalidOid;
+	/* attribute values do not depend on the dropped flags: any descriptor of the layout works */
+	value = heap_getattr(&htup, attno, r->key_desc, &isnull);
+	if (isnull || !OidIsValid(r->atts[attno - 1].typid))
+		return false;
+	getTypeOutputInfo(r->atts[attno - 1].typid, &outfunc, &isvarlena);
+	s = OidOutputFunctionCall(outfunc, value);
+	appendStringInfoString(out, s);
+	pfree(s);
+	return true;
+}
+
+void
+bk_chunk_row_key_text(BkChunkReader *r, HeapTupleHeader tup, StringInfo out)
+{
+	if (r->nkeys == 1)
+	{
+		if (!attr_text(r, tup, r->key_attno, out))
+			appendStringInfoString(out, "");
+	}
+	else
+		bk_chunk_row_json(r, tup, true, out);
+}
+
+bool
+bk_chunk_row_attr_text(BkChunkReader *r, HeapTupleHeader tup, const char *attname, StringInfo out)
+{
+	for (int i = 0; i < r->hdr->natts; i++)
+	{
+		if (!(r->atts[i].flags & BK_ATT_DROPPED) && strcmp(r->attnames[i], attname) == 0)
+			return attr_text(r, tup, i + 1, out);
+	}
+	return false;
+}

@@ -1,0 +1,507 @@
+/*
+ * queue.c — writing the durable queue from a user's transaction, and the
+ * bookkeeping around it: queue depth, backpressure, wake-on-commit, catalog cache.
+ *
+ * Writers (capture triggers, enqueue) call bk_queue_insert_chunk() inside their
+ * own transaction, so a chunk commits or rolls back with the rows it describes.
+ * Inserts run as the owner of batchkit's queue (the user id is switched for the
+ * duration of the SPI call and restored — also by transaction abort), so a role
+ * that may write a captured table needs no grant on the queue.
+ *
+ * Per-transaction state (backend-local, TopMemoryContext):
+ *   pending[]   records enqueued per (sink, subtransaction); on subtransaction
+ *               abort the aborted ones are forgotten, at commit they are added
+ *               to the shared depth counters and the database's flush worker is
+ *               woken (SetLatch), at abort all are forgotten.
+ * PREPARE TRANSACTION of a transaction that enqueued is refused: the commit
+ * would happen in another backend and the wake-up and depth would be lost.
+ *
+ * Catalog cache (backend-local): sink id -> name and backpressure options;
+ * cleared by a relcache invalidation of batchkit.sink, which every catalog
+ * change sends (batchkit._catalog_changed() at the end of create/alter/drop).
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type_d.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "batchkit.h"
+
+typedef struct PendingCount
+{
+	int32		sink_id;
+	SubTransactionId subid;
+	int64		delta;			/* records queued (+) or acknowledged (-) */
+} PendingCount;
+
+static PendingCount *pending = NULL;
+static int	npending = 0;
+static int	maxpending = 0;
+static bool callbacks_registered = false;
+
+typedef struct SinkCacheEntry
+{
+	int32		sink_id;		/* hash key */
+	bool		valid;
+	char		name[NAMEDATALEN];
+	int64		max_queue;		/* 0: unlimited */
+	bool		on_full_wait;
+	int32		on_full_timeout_ms;
+} SinkCacheEntry;
+
+static HTAB *sink_cache = NULL;
+static Oid	sink_relid_cached = InvalidOid;
+
+static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr sink_plan = NULL;
+static SPIPlanPtr depth_plan = NULL;
+
+/* ---- catalog cache and invalidation ------------------------------------- */
+
+static Oid
+batchkit_relid(const char *relname)
+{
+	Oid			nsp = get_namespace_oid("batchkit", false);
+	Oid			relid = get_relname_relid(relname, nsp);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("batchkit.%s does not exist", relname),
+				 errhint("Is the batchkit extension installed in this database?")));
+	return relid;
+}
+
+static void
+catalog_relcache_callback(Datum arg, Oid relid)
+{
+	if (sink_cache != NULL && (relid == InvalidOid || relid == sink_relid_cached))
+	{
+		HASH_SEQ_STATUS st;
+		SinkCacheEntry *e;
+
+		hash_seq_init(&st, sink_cache);
+		while ((e = hash_seq_search(&st)) != NULL)
+			e->valid = false;
+	}
+	if (relid == InvalidOid || relid == sink_relid_cached)
+		sink_relid_cached = InvalidOid;
+}
+
+void
+bk_invalidate_catalog_cache(void)
+{
+	CacheInvalidateRelcacheByRelid(batchkit_relid("sink"));
+}
+
+static void xact_callback(XactEvent event, void *arg);
+static void subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							 SubTransactionId parentSubid, void *arg);
+
+void
+bk_queue_init_backend(void)
+{
+	HASHCTL		ctl;
+
+	if (callbacks_registered)
+		return;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int32);
+	ctl.entrysize = sizeof(SinkCacheEntry);
+	ctl.hcxt = TopMemoryContext;
+	sink_cache = hash_create("batchkit sink cache", 16, &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	RegisterXactCallback(xact_callback, NULL);
+	RegisterSubXactCallback(subxact_callback, NULL);
+	CacheRegisterRelcacheCallback(catalog_relcache_callback, (Datum) 0);
+	callbacks_registered = true;
+}
+
+/* ---- running as the queue's owner ---------------------------------------- */
+
+Oid
+bk_queue_owner(void)
+{
+	Oid			relid = batchkit_relid("queue");
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+void
+bk_begin_as_owner(Oid *save_userid, int *save_sec)
+{
+	GetUserIdAndSecContext(save_userid, save_sec);
+	SetUserIdAndSecContext(bk_queue_owner(),
+						   *save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+}
+
+void
+bk_end_as_owner(Oid save_userid, int save_sec)
+{
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/* ---- sink lookups (run as the queue owner, inside SPI) ------------------- */
+
+static SinkCacheEntry *
+sink_entry(int32 sink_id)
+{
+	SinkCacheEntry *e;
+	bool		found;
+	Datum		arg[1];
+	int			rc;
+
+	bk_queue_init_backend();
+	if (!OidIsValid(sink_relid_cached))
+		sink_relid_cached = batchkit_relid("sink");
+	e = hash_search(sink_cache, &sink_id, HASH_ENTER, &found);
+	if (found && e->valid)
+		return e;
+
+	if (sink_plan == NULL)
+	{
+		Oid			argtypes[1] = {INT4OID};
+		SPIPlanPtr	p = SPI_prepare("SELECT name, "
+									"COALESCE((options->>'max_queue')::bigint, 0), "
+									"COALESCE(options->>'on_full', 'error') = 'wait', "
+									"COALESCE((options->>'on_full_timeout_ms')::integer, 10000) "
+									"FROM batchkit.sink WHERE sink_id = $1", 1, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "batchkit: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		sink_plan = p;
+	}
+	arg[0] = Int32GetDatum(sink_id);
+	rc = SPI_execute_plan(sink_plan, arg, NULL, true, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+	{
+		hash_search(sink_cache, &sink_id, HASH_REMOVE, NULL);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("batchkit sink %d does not exist", sink_id),
+				 errhint("The sink was dropped while a capture still pointed at it.")));
+	}
+	{
+		bool		isnull;
+		HeapTuple	t = SPI_tuptable->vals[0];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		char	   *name = TextDatumGetCString(SPI_getbinval(t, d, 1, &isnull));
+
+		strlcpy(e->name, name, NAMEDATALEN);
+		e->max_queue = DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
+		e->on_full_wait = DatumGetBool(SPI_getbinval(t, d, 3, &isnull));
+		e->on_full_timeout_ms = DatumGetInt32(SPI_getbinval(t, d, 4, &isnull));
+	}
+	e->valid = true;
+	return e;
+}
+
+int32
+bk_lookup_sink_id(const char *name, bool missing_ok)
+{
+	Datum		arg[1];
+	Oid			argtypes[1] = {TEXTOID};
+	int			rc;
+	bool		isnull;
+
+	arg[0] = CStringGetTextDatum(name);
+	rc = SPI_execute_with_args("SELECT sink_id FROM batchkit.sink WHERE name = $1",
+							   1, argtypes, arg, NULL, true, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+	{
+		if (missing_ok)
+			return 0;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("batchkit sink \"%s\" does not exist", name)));
+	}
+	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/* ---- depth ----------------------------------------------------------------- */
+
+static uint64
+pending_for(int32 sink_id)
+{
+	uint64		n = 0;
+
+	for (int i = 0; i < npending; i++)
+		if (pending[i].sink_id == sink_id && pending[i].delta > 0)
+			n += pending[i].delta;
+	return n;
+}
+
+/* Committed, unacknowledged records of a sink (inside SPI, as the owner). */
+static uint64
+depth_from_slot(BkSinkSlot *slot, int32 sink_id)
+{
+	if (!slot->depth_known)
+	{
+		/* first sight since start-up: rebuild from the table, once */
+		Datum		arg[1];
+		bool		isnull;
+		int			rc;
+
+		if (depth_plan == NULL)
+		{
+			Oid			argtypes[1] = {INT4OID};
+			SPIPlanPtr	p = SPI_prepare("SELECT COALESCE(sum(nrecords - done_records), 0)::bigint "
+										"FROM batchkit.queue WHERE sink_id = $1", 1, argtypes);
+
+			if (p == NULL)
+				elog(ERROR, "batchkit: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+			SPI_keepplan(p);
+			depth_plan = p;
+		}
+		arg[0] = Int32GetDatum(sink_id);
+		rc = SPI_execute_plan(depth_plan, arg, NULL, true, 1);
+		if (rc == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			int64		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 1, &isnull));
+
+			pg_atomic_write_u64(&slot->queued, (uint64) Max(n, 0));
+			slot->depth_known = true;
+		}
+	}
+	return pg_atomic_read_u64(&slot->queued);
+}
+
+uint64
+bk_sink_depth(int32 sink_id, bool *known)
+{
+	BkSinkSlot *slot = bk_sink_slot(MyDatabaseId, sink_id, true);
+
+	*known = slot != NULL;
+	return slot ? depth_from_slot(slot, sink_id) : 0;
+}
+
+/*
+ * Apply the sink's max_queue policy before `adding` more records are queued by
+ * this transaction (inside SPI, as the owner). on_full = 'error' fails at once;
+ * 'wait' waits for the flush worker to make room, up to on_full_timeout_ms.
+ */
+void
+bk_queue_check_backpressure(int32 sink_id, uint64 adding)
+{
+	SinkCacheEntry *e = sink_entry(sink_id);
+	BkSinkSlot *slot;
+	TimestampTz deadline;
+	uint64		depth;
+
+	if (e->max_queue <= 0)
+		return;
+	slot = bk_sink_slot(MyDatabaseId, sink_id, true);
+	if (slot == NULL)
+		return;					/* not preloaded, or out of slots (warned) */
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), e->on_full_timeout_ms);
+	for (;;)
+	{
+		uint64		mine = pending_for(sink_id);
+
+		depth = depth_from_slot(slot, sink_id);
+		if (depth + mine + adding <= (uint64) e->max_queue)
+			return;
+		/* waiting cannot help when this transaction alone overflows the queue */
+		if (!e->on_full_wait || mine + adding > (uint64) e->max_queue ||
+			GetCurrentTimestamp() >= deadline)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 10,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("batchkit sink \"%s\" is full: %llu rows queued, adding %llu would exceed "
+					"max_queue %lld", e->name, (unsigned long long) (depth + pending_for(sink_id)),
+					(unsigned long long) adding, (long long) e->max_queue),
+			 e->on_full_wait ?
+			 errdetail("Waited %d ms (on_full_timeout_ms) for the flush worker to make room.",
+					   e->on_full_timeout_ms) : 0,
+			 errhint("Check that the sink is running and not paused, or raise max_queue with "
+					 "batchkit.alter_sink().")));
+}
+
+/* ---- writing a chunk --------------------------------------------------------- */
+
+void
+bk_queue_insert_chunk(int32 sink_id, Oid source, const char *data, int len, uint32 nrecords)
+{
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	bytea	   *payload;
+	int			rc;
+
+	if (insert_plan == NULL)
+	{
+		Oid			argtypes[5] = {INT4OID, OIDOID, INT4OID, INT4OID, BYTEAOID};
+		SPIPlanPtr	p = SPI_prepare(
+									"INSERT INTO batchkit.queue (segment, chunk_id, sink_id, source, "
+									"nrecords, nbytes, txid, captured_at, payload) VALUES ("
+									"(SELECT current_segment FROM batchkit.queue_state), "
+									"pg_catalog.nextval('batchkit.chunk_id_seq'), $1, $2, $3, $4, "
+									"pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp(), $5)",
+									5, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "batchkit: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		insert_plan = p;
+	}
+	payload = (bytea *) palloc(VARHDRSZ + len);
+	SET_VARSIZE(payload, VARHDRSZ + len);
+	memcpy(VARDATA(payload), data, len);
+
+	args[0] = Int32GetDatum(sink_id);
+	args[1] = ObjectIdGetDatum(source);
+	if (!OidIsValid(source))
+		nulls[1] = 'n';
+	args[2] = Int32GetDatum((int32) nrecords);
+	args[3] = Int32GetDatum(len);
+	args[4] = PointerGetDatum(payload);
+	rc = SPI_execute_plan(insert_plan, args, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "batchkit: queue insert failed: %s", SPI_result_code_string(rc));
+	pfree(payload);
+}
+
+/* ---- transaction bookkeeping ----------------------------------------------------- */
+
+static void note_delta(int32 sink_id, int64 delta);
+
+void
+bk_queue_note_enqueued(int32 sink_id, uint64 nrecords)
+{
+	note_delta(sink_id, (int64) nrecords);
+}
+
+void
+bk_queue_note_acked(int32 sink_id, uint64 nrecords)
+{
+	note_delta(sink_id, -(int64) nrecords);
+}
+
+static void
+note_delta(int32 sink_id, int64 delta)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+
+	bk_queue_init_backend();
+	if (npending > 0 && pending[npending - 1].sink_id == sink_id &&
+		pending[npending - 1].subid == subid)
+	{
+		pending[npending - 1].delta += delta;
+		return;
+	}
+	if (npending == maxpending)
+	{
+		int			newmax = maxpending ? maxpending * 2 : 16;
+
+		pending = pending ?
+			repalloc(pending, sizeof(PendingCount) * newmax) :
+			MemoryContextAlloc(TopMemoryContext, sizeof(PendingCount) * newmax);
+		maxpending = newmax;
+	}
+	pending[npending].sink_id = sink_id;
+	pending[npending].subid = subid;
+	pending[npending].delta = delta;
+	npending++;
+}
+
+/* Add or subtract, never below zero (the rebuilt depth may undercount a racing commit). */
+static void
+apply_delta(BkSinkSlot *slot, int64 delta)
+{
+	uint64		cur;
+
+	if (delta >= 0)
+	{
+		pg_atomic_fetch_add_u64(&slot->queued, (uint64) delta);
+		return;
+	}
+	cur = pg_atomic_read_u64(&slot->queued);
+	for (;;)
+	{
+		uint64		next = cur > (uint64) (-delta) ? cur - (uint64) (-delta) : 0;
+
+		if (pg_atomic_compare_exchange_u64(&slot->queued, &cur, next))
+			break;
+	}
+}
+
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (npending > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that queued rows for batchkit")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (npending > 0 && bk_shared != NULL)
+			{
+				/* post-commit: nothing here may fail */
+				for (int i = 0; i < npending; i++)
+				{
+					BkSinkSlot *slot = bk_sink_slot(MyDatabaseId, pending[i].sink_id, false);
+
+					if (slot && slot->depth_known)
+						apply_delta(slot, pending[i].delta);
+				}
+				bk_wake_database(MyDatabaseId);
+			}
+			npending = 0;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			npending = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	if (event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+	/* subtransaction ids grow: the aborted one and its children are >= mySubid */
+	{
+		int			keep = 0;
+
+		for (int i = 0; i < npending; i++)
+			if (pending[i].subid < mySubid)
+				pending[keep++] = pending[i];
+		npending = keep;
+	}
+}
