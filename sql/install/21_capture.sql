@@ -258,6 +258,13 @@ CREATE FUNCTION batchkit.ack_batch(sink text, batch_seq bigint) RETURNS bigint
 CREATE FUNCTION batchkit.queue_depth(sink text) RETURNS bigint
     AS 'MODULE_PATHNAME', 'batchkit_queue_depth' LANGUAGE C VOLATILE STRICT;
 
+-- Heap bytes of a queue segment (main fork + TOAST), 0 right after TRUNCATE.
+CREATE FUNCTION batchkit._segment_heap_bytes(seg integer) RETURNS bigint
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+    SELECT pg_relation_size(c.oid) + COALESCE(pg_relation_size(NULLIF(c.reltoastrelid, 0)), 0)
+      FROM pg_class c WHERE c.oid = format('batchkit.queue_%s', seg)::regclass
+$fn$;
+
 -- Storage: truncate drained segments, rotate the one writers use.
 CREATE FUNCTION batchkit.maintain_queue(rotate_after interval DEFAULT '10 seconds',
                                         rotate_bytes bigint DEFAULT 64 * 1024 * 1024)
@@ -277,7 +284,7 @@ BEGIN
     -- 1. a segment writers no longer use is truncated once every chunk in it is acknowledged;
     --    NOWAIT: never queue behind (and so block) a writer still inserting into it
     FOR seg IN 0..2 LOOP
-        CONTINUE WHEN seg = v_cur OR pg_relation_size(format('batchkit.queue_%s', seg)::regclass) = 0;
+        CONTINUE WHEN seg = v_cur OR batchkit._segment_heap_bytes(seg) = 0;
         BEGIN
             EXECUTE format('LOCK TABLE batchkit.queue_%s IN ACCESS EXCLUSIVE MODE NOWAIT', seg);
             EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM batchkit.queue_%s)', seg) INTO v_empty;
@@ -292,8 +299,7 @@ BEGIN
     -- 2. writers move on to the next segment once it is empty and the current one is old,
     --    large, or fully drained (then it can be truncated by the next call)
     v_next := (v_cur + 1) % 3;
-    IF pg_relation_size(format('batchkit.queue_%s', v_next)::regclass) = 0
-       AND pg_relation_size(format('batchkit.queue_%s', v_cur)::regclass) > 0 THEN
+    IF batchkit._segment_heap_bytes(v_next) = 0 AND batchkit._segment_heap_bytes(v_cur) > 0 THEN
         EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM batchkit.queue_%s)', v_cur) INTO v_empty;
         IF v_empty OR now() - v_at >= rotate_after
            OR pg_total_relation_size(format('batchkit.queue_%s', v_cur)::regclass) >= rotate_bytes THEN

@@ -117,3 +117,49 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def make_sink(conn, name, kind="kafka", options=None):
+    """Create a sink for tests of capture and the queue (never delivered to)."""
+    import json
+    opts = options or {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regprocedure('batchkit.create_sink(text,text,jsonb)') IS NOT NULL")
+        if cur.fetchone()[0]:
+            base = ({"bootstrap.servers": "127.0.0.1:9", "topic": "t"} if kind == "kafka"
+                    else {"url": "redis://127.0.0.1:9/0", "command": "xadd", "key": "k"})
+            base.update(opts)
+            cur.execute("SET client_min_messages = error")
+            cur.execute("SELECT batchkit.create_sink(%s, %s, %s)", (name, kind, json.dumps(base)))
+            cur.execute("RESET client_min_messages")
+        else:
+            cur.execute("INSERT INTO batchkit.sink (name, kind, options) VALUES (%s, %s, %s)",
+                        (name, kind, json.dumps(opts)))
+
+
+def set_sink_options(conn, name, options):
+    import json
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regprocedure('batchkit.alter_sink(text,jsonb)') IS NOT NULL")
+        if cur.fetchone()[0]:
+            cur.execute("SET client_min_messages = error")
+            cur.execute("SELECT batchkit.alter_sink(%s, %s)", (name, json.dumps(options)))
+            cur.execute("RESET client_min_messages")
+        else:
+            cur.execute("UPDATE batchkit.sink SET options = options || %s WHERE name = %s",
+                        (json.dumps(options), name))
+            cur.execute("SELECT batchkit._catalog_changed()")
+
+
+def drain(conn, sink, max_rows=10000, fmt="envelope"):
+    """Consume everything queued for a sink through claim_batch/ack_batch; returns the rows."""
+    out = []
+    with conn.cursor() as cur:
+        while True:
+            cur.execute("SELECT batch_seq, seq, op, source, key, message "
+                        "FROM batchkit.claim_batch(%s, %s, 1073741824, %s)", (sink, max_rows, fmt))
+            rows = cur.fetchall()
+            if not rows:
+                return out
+            out.extend(rows)
+            cur.execute("SELECT batchkit.ack_batch(%s, %s)", (sink, rows[0][0]))

@@ -1,0 +1,475 @@
+"""Capture into the durable queue, and the consumption API (claim_batch/ack_batch).
+
+Every test reads the queue back through the same API the flush worker uses and
+checks what a sink would receive.
+"""
+import json
+import os
+import random
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from conftest import connect, drain, make_sink, pg_script, set_sink_options, wait_for_server
+
+
+def q(conn, sql, args=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall() if cur.description else None
+
+
+def new_table(db, name, extra=""):
+    q(db, f"DROP TABLE IF EXISTS {name} CASCADE")
+    q(db, f"CREATE TABLE {name} (id bigint PRIMARY KEY, name text, email text, "
+          f"created_at timestamptz DEFAULT now() {extra})")
+
+
+def messages(rows):
+    return [json.loads(r[5]) for r in rows]
+
+
+def test_insert_update_delete_envelopes(db):
+    make_sink(db, "env")
+    new_table(db, "t_env")
+    q(db, "SELECT batchkit.capture('t_env', 'env', options => '{\"include_before\": true}')")
+    q(db, "INSERT INTO t_env (id, name, email) SELECT g, 'n' || g, 'e' || g FROM generate_series(1, 3) g")
+    q(db, "UPDATE t_env SET name = 'renamed' WHERE id = 1")
+    q(db, "UPDATE t_env SET id = 30 WHERE id = 3")   # key change: delete old key, insert new
+    q(db, "DELETE FROM t_env WHERE id = 2")
+    rows = drain(db, "env")
+    got = [(m["op"], m["key"]["id"]) for m in messages(rows)]
+    assert got == [("insert", 1), ("insert", 2), ("insert", 3), ("update", 1),
+                   ("delete", 3), ("insert", 30), ("delete", 2)]
+    ms = messages(rows)
+    assert ms[3]["before"]["name"] == "n1" and ms[3]["after"]["name"] == "renamed"
+    assert ms[6]["after"] is None and ms[6]["before"]["name"] == "n2"
+    assert all(m["table"] == "public.t_env" for m in ms)
+    assert [r[4] for r in rows] == ["1", "2", "3", "1", "3", "30", "2"]  # message keys
+    seqs = [m["seq"] for m in ms]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert [r[1] for r in rows] == seqs
+    assert q(db, "SELECT count(*) FROM batchkit.queue")[0][0] == 0
+
+
+def test_row_format_and_columns_subset(db):
+    make_sink(db, "rowfmt")
+    new_table(db, "t_cols")
+    q(db, "SELECT batchkit.capture('t_cols', 'rowfmt', ARRAY['insert','delete'], "
+          "'{\"columns\": [\"id\", \"email\"]}')")
+    q(db, "INSERT INTO t_cols (id, name, email) VALUES (7, 'secret name', 'a@b')")
+    q(db, "UPDATE t_cols SET name = 'not captured'")   # update is not an event here
+    q(db, "DELETE FROM t_cols")
+    rows = drain(db, "rowfmt", fmt="row")
+    assert [json.loads(r[5]) for r in rows] == [{"id": 7, "email": "a@b"}, {"id": 7}]
+    assert [r[2] for r in rows] == ["insert", "delete"]
+
+
+def test_rollback_and_savepoints_never_enqueue(db):
+    make_sink(db, "rb")
+    new_table(db, "t_rb")
+    q(db, "SELECT batchkit.capture('t_rb', 'rb')")
+    conn = connect_tx(db)
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO t_rb (id) VALUES (1)")
+        conn.rollback()
+        cur.execute("INSERT INTO t_rb (id) VALUES (2)")
+        cur.execute("SAVEPOINT a")
+        cur.execute("INSERT INTO t_rb (id) VALUES (3)")
+        cur.execute("SAVEPOINT b")
+        cur.execute("INSERT INTO t_rb (id) VALUES (4)")
+        cur.execute("RELEASE SAVEPOINT b")
+        cur.execute("ROLLBACK TO SAVEPOINT a")     # drops 3 and 4
+        cur.execute("INSERT INTO t_rb (id) VALUES (5)")
+        cur.execute("SAVEPOINT c")
+        cur.execute("UPDATE t_rb SET name = 'x' WHERE id = 5")
+        cur.execute("RELEASE SAVEPOINT c")
+        conn.commit()
+        cur.execute("INSERT INTO t_rb (id) VALUES (6)")
+        conn.rollback()
+    conn.close()
+    got = [(m["op"], m["key"]["id"]) for m in messages(drain(db, "rb"))]
+    assert got == [("insert", 2), ("insert", 5), ("update", 5)]
+    assert q(db, "SELECT batchkit.queue_depth('rb')")[0][0] == 0
+
+
+def connect_tx(db):
+    dsn = db.get_dsn_parameters()
+    conn = psycopg2.connect(host=dsn["host"], port=dsn["port"], user=dsn["user"],
+                            dbname=dsn["dbname"])
+    conn.autocommit = False
+    return conn
+
+
+def test_schema_changes_while_rows_wait_do_not_misdecode(db):
+    make_sink(db, "ddl")
+    q(db, "DROP TABLE IF EXISTS t_ddl")
+    q(db, "CREATE TABLE t_ddl (id int PRIMARY KEY, a text, b numeric, c int)")
+    q(db, "SELECT batchkit.capture('t_ddl', 'ddl')")
+    q(db, "INSERT INTO t_ddl VALUES (1, 'one', 1.5, 10)")
+    q(db, "ALTER TABLE t_ddl DROP COLUMN a")
+    q(db, "INSERT INTO t_ddl VALUES (2, 2.5, 20)")
+    q(db, "ALTER TABLE t_ddl ALTER COLUMN b TYPE text USING b::text || ' units'")
+    q(db, "INSERT INTO t_ddl VALUES (3, 'three', 30)")
+    q(db, "ALTER TABLE t_ddl ADD COLUMN d jsonb DEFAULT '{\"x\": 1}'")
+    q(db, "INSERT INTO t_ddl (id, b, c) VALUES (4, 'four', 40)")
+    q(db, "ALTER TABLE t_ddl ALTER COLUMN c TYPE bigint")
+    q(db, "INSERT INTO t_ddl (id, b, c, d) VALUES (5, 'five', 50, '[1,2]')")
+    afters = [m["after"] for m in messages(drain(db, "ddl"))]
+    assert afters == [
+        {"id": 1, "a": "one", "b": 1.5, "c": 10},
+        {"id": 2, "b": 2.5, "c": 20},
+        {"id": 3, "b": "three", "c": 30},
+        {"id": 4, "b": "four", "c": 40, "d": {"x": 1}},
+        {"id": 5, "b": "five", "c": 50, "d": [1, 2]},
+    ]
+
+
+def test_every_type_arrives_in_postgres_json_rendering(db):
+    make_sink(db, "types")
+    q(db, "DROP TABLE IF EXISTS t_types")
+    q(db, """CREATE TABLE t_types (id int PRIMARY KEY, big text, raw bytea, arr int[],
+             txt text[], num numeric, ts timestamptz, d date, j jsonb, b boolean, f float8,
+             iv interval, u uuid, nothing text)""")
+    q(db, "SELECT batchkit.capture('t_types', 'types')")
+    q(db, """INSERT INTO t_types VALUES
+             (1, repeat('x', 1024 * 1024), '\\x00ff10'::bytea, '{1,2,NULL}', '{"a b","c\\"d"}',
+              123456789012345678901234567890.123456789, '2024-02-29 12:34:56.789+05:30', '2024-01-01',
+              '{"k": [1, "v", null]}', true, 1.5e300, '1 day 02:03:04', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+              NULL),
+             (2, 'ünïcødé ✓ "quoted" \\ back', '', '{}', '{}', 'NaN', 'infinity', NULL, 'null', NULL, 'NaN',
+              NULL, NULL, NULL)""")
+    # the big value is TOASTed out of line: delete the row so its TOAST is gone before decoding
+    expected = {json.loads(r[0])["id"]: json.loads(r[0])
+                for r in q(db, "SELECT row_to_json(t)::text FROM t_types t")}
+    q(db, "DELETE FROM t_types")
+    q(db, "VACUUM t_types")
+    ms = [m for m in messages(drain(db, "types")) if m["op"] == "insert"]
+    assert len(ms) == 2
+    for m in ms:
+        assert m["after"] == expected[m["after"]["id"]]
+    assert len(ms[0]["after"]["big"]) == 1024 * 1024
+
+
+def test_backpressure_error_and_wait(db):
+    make_sink(db, "bp")
+    new_table(db, "t_bp")
+    q(db, "SELECT batchkit.capture('t_bp', 'bp')")
+    set_sink_options(db, "bp", {"max_queue": 100, "on_full": "error"})
+    q(db, "INSERT INTO t_bp (id) SELECT g FROM generate_series(1, 80) g")
+    with pytest.raises(psycopg2.Error) as err:
+        q(db, "INSERT INTO t_bp (id) SELECT g FROM generate_series(81, 101) g")
+    msg = str(err.value)
+    assert 'batchkit sink "bp" is full' in msg and "80 rows queued" in msg and "max_queue 100" in msg
+    assert err.value.pgcode == "53400"
+    assert q(db, "SELECT count(*) FROM t_bp")[0][0] == 80   # the statement changed nothing
+
+    # wait: a writer blocks until the consumer makes room
+    set_sink_options(db, "bp", {"on_full": "wait", "on_full_timeout_ms": 20000})
+    result = {}
+
+    def writer():
+        c = connect_tx(db)
+        c.autocommit = True
+        t0 = time.time()
+        try:
+            q(c, "INSERT INTO t_bp (id) SELECT g FROM generate_series(81, 150) g")
+            result["ok"] = time.time() - t0
+        except Exception as e:  # noqa: BLE001
+            result["err"] = e
+        c.close()
+
+    th = threading.Thread(target=writer)
+    th.start()
+    time.sleep(1.0)
+    assert th.is_alive(), "the writer should be waiting for room"
+    drained = drain(db, "bp")
+    assert len(drained) == 80
+    th.join(30)
+    assert "ok" in result, result
+    assert result["ok"] >= 0.9
+    assert len(drain(db, "bp")) == 70
+
+    # wait with nobody consuming: fails after the timeout, naming the wait
+    set_sink_options(db, "bp", {"on_full_timeout_ms": 300, "max_queue": 10})
+    q(db, "INSERT INTO t_bp (id) SELECT g FROM generate_series(200, 209) g")
+    t0 = time.time()
+    with pytest.raises(psycopg2.Error) as err:
+        q(db, "INSERT INTO t_bp (id) VALUES (300)")
+    assert time.time() - t0 >= 0.25
+    assert "Waited 300 ms" in str(err.value)
+    # a single transaction larger than max_queue fails at once, even with 'wait'
+    drain(db, "bp")
+    t0 = time.time()
+    with pytest.raises(psycopg2.Error):
+        q(db, "INSERT INTO t_bp (id) SELECT g FROM generate_series(1000, 1011) g")
+    assert time.time() - t0 < 0.25
+    set_sink_options(db, "bp", {"max_queue": 0})
+
+
+def test_concurrent_writers_keep_per_key_order_and_nothing_is_skipped(db, services):
+    make_sink(db, "conc")
+    q(db, "DROP TABLE IF EXISTS t_conc")
+    q(db, "CREATE TABLE t_conc (k int PRIMARY KEY, v int NOT NULL)")
+    q(db, "INSERT INTO t_conc SELECT g, 0 FROM generate_series(1, 20) g")
+    q(db, "SELECT batchkit.capture('t_conc', 'conc', ARRAY['update'])")
+    seed = int(os.environ.get("BATCHKIT_SEED", "20261127"))
+    print("seed", seed)
+    nthreads, nupdates = 6, 150
+    errors = []
+
+    def writer(i):
+        rnd = random.Random(seed + i)
+        c = connect_tx(db)
+        try:
+            with c.cursor() as cur:
+                for _ in range(nupdates):
+                    keys = rnd.sample(range(1, 21), 2)
+                    for k in sorted(keys):   # sorted: no deadlocks between writers
+                        cur.execute("UPDATE t_conc SET v = v + 1 WHERE k = %s", (k,))
+                    if rnd.random() < 0.1:
+                        c.rollback()
+                    else:
+                        c.commit()
+                    time.sleep(rnd.random() * 0.002)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(nthreads)]
+    for t in threads:
+        t.start()
+    got = []
+    # consume while the writers write, in small batches
+    while any(t.is_alive() for t in threads):
+        got.extend(drain(db, "conc", max_rows=37))
+    for t in threads:
+        t.join()
+    got.extend(drain(db, "conc", max_rows=37))
+    assert not errors, errors
+    per_key = {}
+    for m in messages(got):
+        per_key.setdefault(m["key"]["k"], []).append(m["after"]["v"])
+    final = dict(q(db, "SELECT k, v FROM t_conc"))
+    for k, vs in per_key.items():
+        # every committed version exactly once, in commit order
+        assert vs == list(range(1, final[k] + 1)), (k, vs[:20])
+    assert sum(final.values()) == len(got)
+
+
+def test_committed_rows_survive_immediate_shutdown(db, services):
+    make_sink(db, "crash")
+    new_table(db, "t_crash")
+    q(db, "SELECT batchkit.capture('t_crash', 'crash')")
+    q(db, "INSERT INTO t_crash (id) SELECT g FROM generate_series(1, 5000) g")
+    # claim a batch (it is now in flight), then crash before acknowledging it
+    first = q(db, "SELECT batch_seq, seq FROM batchkit.claim_batch('crash', 1500)")
+    assert len(first) == 1500
+    dbname = db.info.dbname
+    db.close()
+    pg_script("stop", os.path.join(services["BATCHKIT_RUN_DIR"], "pg"), "immediate")
+    pg_script("start", os.path.join(services["BATCHKIT_RUN_DIR"], "pg"))
+    wait_for_server(services)
+    conn = connect(services, dbname)
+    try:
+        # the in-flight batch is replayed first, unchanged
+        again = q(conn, "SELECT batch_seq, seq FROM batchkit.claim_batch('crash', 1500)")
+        assert again == first
+        q(conn, "SELECT batchkit.ack_batch('crash', %s)", (first[0][0],))
+        assert q(conn, "SELECT batchkit.queue_depth('crash')")[0][0] == 3500
+        rest = drain(conn, "crash")
+        ids = [json.loads(r[5])["key"]["id"] for r in rest]
+        assert ids == list(range(1501, 5001))
+    finally:
+        conn.close()
+
+
+def test_bad_arguments_give_clear_errors_and_change_nothing(db):
+    make_sink(db, "bad")
+    new_table(db, "t_bad")
+    q(db, "DROP TABLE IF EXISTS t_nopk; CREATE TABLE t_nopk (a int)")
+    q(db, "DROP VIEW IF EXISTS v_bad; CREATE VIEW v_bad AS SELECT 1 AS a")
+    cases = [
+        ("SELECT batchkit.capture('t_bad', 'nope')", 'batchkit sink "nope" does not exist'),
+        ("SELECT batchkit.capture('t_bad', 'bad', ARRAY['insert','upsert'])", 'unknown event "upsert"'),
+        ("SELECT batchkit.capture('t_bad', 'bad', ARRAY['truncate'])", "TRUNCATE cannot be captured"),
+        ("SELECT batchkit.capture('t_bad', 'bad', ARRAY[]::text[])", "events must name at least one"),
+        ("SELECT batchkit.capture('t_bad', 'bad', options => '{\"colums\": []}')", 'unknown capture option "colums"'),
+        ("SELECT batchkit.capture('t_bad', 'bad', options => '{\"columns\": [\"nope\"]}')",
+         'column "nope" of table public.t_bad does not exist'),
+        ("SELECT batchkit.capture('t_bad', 'bad', options => '{\"key_columns\": \"id\"}')",
+         "key_columns must be a JSON array"),
+        ("SELECT batchkit.capture('t_bad', 'bad', options => '{\"include_before\": \"yes\"}')",
+         "include_before must be true or false"),
+        ("SELECT batchkit.capture('t_nopk', 'bad')", "table public.t_nopk has no primary key"),
+        ("SELECT batchkit.capture('v_bad', 'bad')", "only tables and partitioned tables"),
+        ("SELECT batchkit.capture('batchkit.sink', 'bad')", "batchkit's own table"),
+        ("SELECT batchkit.uncapture('t_bad', 'bad')", "is not captured by sink"),
+        ("SELECT * FROM batchkit.claim_batch('bad', 0)", "max_rows and max_bytes must be positive"),
+        ("SELECT * FROM batchkit.claim_batch('bad', 10, 10, 'xml')", 'unknown format "xml"'),
+        ("SELECT batchkit.ack_batch('bad', 12345)", "is not in flight"),
+        ("SELECT batchkit.enqueue('bad', '{}', NULL, '{\"h\": 1}')", "headers must be a JSON object of strings"),
+        ("SELECT batchkit.enqueue_many('bad', ARRAY['{}'::jsonb], ARRAY['a', 'b'])", "2 keys given for 1 payloads"),
+    ]
+    for sql, expect in cases:
+        with pytest.raises(psycopg2.Error) as err:
+            q(db, sql)
+        assert expect in str(err.value), (sql, str(err.value))
+    assert q(db, "SELECT count(*) FROM batchkit.capture c JOIN batchkit.sink s USING (sink_id) "
+                 "WHERE s.name = 'bad'")[0][0] == 0
+    assert q(db, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't_bad'::regclass")[0][0] == 0
+    # a capture that exists refuses a second one, and TRUNCATE
+    q(db, "SELECT batchkit.capture('t_bad', 'bad', options => '{\"key_columns\": [\"email\"]}')")
+    with pytest.raises(psycopg2.Error) as err:
+        q(db, "SELECT batchkit.capture('t_bad', 'bad')")
+    assert "already captured" in str(err.value)
+    with pytest.raises(psycopg2.Error) as err:
+        q(db, "TRUNCATE t_bad")
+    assert 'cannot truncate table "t_bad": it is captured by batchkit sink "bad"' in str(err.value)
+    q(db, "SELECT batchkit.uncapture('t_bad', 'bad')")
+    q(db, "TRUNCATE t_bad")
+    assert q(db, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't_bad'::regclass")[0][0] == 0
+
+
+def test_handmade_trigger_cannot_inject_into_a_sink(db):
+    make_sink(db, "victim")
+    new_table(db, "t_victim")
+    cap = q(db, "SELECT batchkit.capture('t_victim', 'victim')")[0][0]
+    sink_id = q(db, "SELECT sink_id FROM batchkit.sink WHERE name = 'victim'")[0][0]
+    q(db, "DROP TABLE IF EXISTS t_attacker; CREATE TABLE t_attacker (id bigint PRIMARY KEY)")
+    q(db, f"CREATE TRIGGER evil AFTER INSERT ON t_attacker REFERENCING NEW TABLE AS n "
+          f"FOR EACH STATEMENT EXECUTE FUNCTION batchkit._capture_trigger('{cap}', '{sink_id}', '', '1', '')")
+    with pytest.raises(psycopg2.Error) as err:
+        q(db, "INSERT INTO t_attacker VALUES (1)")
+    assert "does not match a batchkit capture" in str(err.value)
+    assert drain(db, "victim") == []
+
+
+def test_roles_writers_need_no_queue_grant_and_non_admins_cannot_manage(db, services):
+    make_sink(db, "roles")
+    new_table(db, "t_roles")
+    q(db, "SELECT batchkit.capture('t_roles', 'roles')")
+    for r in ("bk_writer", "bk_admin_member"):
+        q(db, f"DROP ROLE IF EXISTS {r}")
+    q(db, "CREATE ROLE bk_writer LOGIN")
+    q(db, "CREATE ROLE bk_admin_member LOGIN IN ROLE batchkit_admin")
+    q(db, "GRANT INSERT, UPDATE, DELETE, SELECT ON t_roles TO bk_writer")
+    w = connect(services, db.info.dbname, user="bk_writer")
+    try:
+        q(w, "INSERT INTO t_roles (id) VALUES (1), (2)")
+        q(w, "UPDATE t_roles SET name = 'w'")
+        q(w, "DELETE FROM t_roles WHERE id = 2")
+        for sql in ("SELECT * FROM batchkit.queue", "SELECT * FROM batchkit.sink_secret",
+                    "SELECT batchkit.capture('t_roles', 'roles')",
+                    "SELECT batchkit.uncapture('t_roles', 'roles')",
+                    "SELECT * FROM batchkit.claim_batch('roles')",
+                    "SELECT batchkit.enqueue('roles', '{}')",
+                    "SELECT * FROM batchkit.maintain_queue()"):
+            with pytest.raises(psycopg2.Error) as err:
+                q(w, sql)
+            assert err.value.pgcode == "42501", (sql, err.value.pgcode, str(err.value))
+    finally:
+        w.close()
+    got = [(m["op"], m["key"]["id"]) for m in messages(drain(db, "roles"))]
+    assert got == [("insert", 1), ("insert", 2), ("update", 1), ("update", 2), ("delete", 2)]
+    # an admin member may capture tables it can read, and use the outbox
+    a = connect(services, db.info.dbname, user="bk_admin_member")
+    try:
+        q(db, "DROP TABLE IF EXISTS t_private; CREATE TABLE t_private (id int PRIMARY KEY)")
+        with pytest.raises(psycopg2.Error) as err:
+            q(a, "SELECT batchkit.capture('t_private', 'roles')")
+        assert err.value.pgcode == "42501"
+        q(a, "SELECT batchkit.enqueue('roles', '{\"hello\": 1}', 'k1', '{\"h\": \"v\"}')")
+    finally:
+        a.close()
+    rows = drain(db, "roles")
+    assert [(r[2], r[4], r[5]) for r in rows] == [("message", "k1", '{"hello": 1}')]
+
+
+def test_enqueue_many_and_outbox_rollback(db):
+    make_sink(db, "outbox")
+    conn = connect_tx(db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT batchkit.enqueue('outbox', '{\"n\": 0}')")
+        conn.rollback()
+        cur.execute("SELECT batchkit.enqueue_many('outbox', "
+                    "(SELECT array_agg(jsonb_build_object('n', g)) FROM generate_series(1, 2500) g), "
+                    "(SELECT array_agg('k' || g) FROM generate_series(1, 2500) g))")
+        assert cur.fetchone()[0] == 2500
+        conn.commit()
+    conn.close()
+    rows = drain(db, "outbox", max_rows=999)
+    assert [json.loads(r[5])["n"] for r in rows] == list(range(1, 2501))
+    assert [r[4] for r in rows] == [f"k{i}" for i in range(1, 2501)]
+
+
+def test_storage_returns_to_empty_after_drain(db):
+    make_sink(db, "store")
+    new_table(db, "t_store")
+    q(db, "SELECT batchkit.capture('t_store', 'store')")
+    for _ in range(3):
+        q(db, "SELECT * FROM batchkit.maintain_queue()")
+    empty = q(db, "SELECT sum(bytes) FROM batchkit.queue_storage")[0][0]
+    for round_ in range(3):
+        q(db, f"INSERT INTO t_store (id, name) SELECT g + {round_} * 100000, repeat('x', 50) "
+              f"FROM generate_series(1, 100000) g")
+        assert len(drain(db, "store")) == 100000
+        for _ in range(3):
+            q(db, "SELECT * FROM batchkit.maintain_queue()")
+    after = q(db, "SELECT sum(bytes) FROM batchkit.queue_storage")[0][0]
+    assert after <= 2 * empty, (empty, after)
+
+
+def test_huge_statement_is_captured_and_consumed_in_bounded_memory(db, services):
+    """One 5M-row statement: the writer and the consumer stay far below the data size."""
+    make_sink(db, "huge")
+    q(db, "DROP TABLE IF EXISTS t_huge")
+    q(db, "CREATE TABLE t_huge (id bigint PRIMARY KEY, payload text)")
+    q(db, "SELECT batchkit.capture('t_huge', 'huge')")
+    n = 5_000_000
+    pid = q(db, "SELECT pg_backend_pid()")[0][0]
+    peak = {"rss": 0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("RssAnon:"):
+                            peak["rss"] = max(peak["rss"], int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        q(db, f"INSERT INTO t_huge SELECT g, md5(g::text) FROM generate_series(1, {n}) g")
+    finally:
+        stop.set()
+        th.join()
+    data_bytes = q(db, "SELECT pg_relation_size('t_huge')")[0][0]
+    print("writer peak RssAnon", peak["rss"], "table bytes", data_bytes)
+    assert peak["rss"] < 200 * 1024 * 1024 < data_bytes
+    assert q(db, "SELECT batchkit.queue_depth('huge')")[0][0] == n
+    # consume with the worker's protocol in 10k-row batches; count without keeping messages
+    consumed = 0
+    last = 0
+    with db.cursor() as cur:
+        while True:
+            cur.execute("SELECT batch_seq, count(*), min(seq), max(seq) "
+                        "FROM batchkit.claim_batch('huge', 20000, 1073741824, 'row') GROUP BY 1")
+            row = cur.fetchone()
+            if row is None:
+                break
+            assert row[2] > last
+            last = row[3]
+            consumed += row[1]
+            cur.execute("SELECT batchkit.ack_batch('huge', %s)", (row[0],))
+    assert consumed == n
+    assert q(db, "SELECT count(*) FROM batchkit.queue")[0][0] == 0
+    q(db, "DROP TABLE t_huge")
