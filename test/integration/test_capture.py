@@ -423,6 +423,34 @@ def test_storage_returns_to_empty_after_drain(db):
     assert after <= 2 * empty, (empty, after)
 
 
+class PeakRss:
+    """Samples a process's anonymous resident memory (not shared buffers) every 50 ms."""
+
+    def __init__(self, pid):
+        self.pid, self.peak = pid, 0
+        self._stop = threading.Event()
+        self._th = threading.Thread(target=self._run)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("RssAnon:"):
+                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._th.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._th.join()
+
+
 def test_huge_statement_is_captured_and_consumed_in_bounded_memory(db, services):
     """One 5M-row statement: the writer and the consumer stay far below the data size."""
     make_sink(db, "huge")
@@ -431,35 +459,16 @@ def test_huge_statement_is_captured_and_consumed_in_bounded_memory(db, services)
     q(db, "SELECT batchkit.capture('t_huge', 'huge')")
     n = 5_000_000
     pid = q(db, "SELECT pg_backend_pid()")[0][0]
-    peak = {"rss": 0}
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith("RssAnon:"):
-                            peak["rss"] = max(peak["rss"], int(line.split()[1]) * 1024)
-            except OSError:
-                pass
-            time.sleep(0.05)
-
-    th = threading.Thread(target=sample)
-    th.start()
-    try:
+    with PeakRss(pid) as writer:
         q(db, f"INSERT INTO t_huge SELECT g, md5(g::text) FROM generate_series(1, {n}) g")
-    finally:
-        stop.set()
-        th.join()
     data_bytes = q(db, "SELECT pg_relation_size('t_huge')")[0][0]
-    print("writer peak RssAnon", peak["rss"], "table bytes", data_bytes)
-    assert peak["rss"] < 200 * 1024 * 1024 < data_bytes
+    print("writer peak RssAnon", writer.peak, "table bytes", data_bytes)
+    assert writer.peak < 200 * 1024 * 1024 < data_bytes
     assert q(db, "SELECT batchkit.queue_depth('huge')")[0][0] == n
     # consume with the worker's protocol in 10k-row batches; count without keeping messages
     consumed = 0
     last = 0
-    with db.cursor() as cur:
+    with PeakRss(pid) as consumer, db.cursor() as cur:
         while True:
             cur.execute("SELECT batch_seq, count(*), min(seq), max(seq) "
                         "FROM batchkit.claim_batch('huge', 20000, 1073741824, 'row') GROUP BY 1")
@@ -471,5 +480,7 @@ def test_huge_statement_is_captured_and_consumed_in_bounded_memory(db, services)
             consumed += row[1]
             cur.execute("SELECT batchkit.ack_batch('huge', %s)", (row[0],))
     assert consumed == n
+    print("consumer peak RssAnon", consumer.peak)
+    assert consumer.peak < 200 * 1024 * 1024
     assert q(db, "SELECT count(*) FROM batchkit.queue")[0][0] == 0
     q(db, "DROP TABLE t_huge")
