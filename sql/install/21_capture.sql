@@ -277,7 +277,7 @@ DECLARE
     v_empty boolean;
     seg integer;
 BEGIN
-    PERFORM batchkit._require_admin('maintain the batchkit queue');
+    -- SECURITY DEFINER (it truncates the owner's tables): EXECUTE is granted to batchkit_admin only
     truncated := '{}';
     rotated := false;
     SELECT qs.current_segment, qs.rotated_at INTO v_cur, v_at FROM batchkit.queue_state qs;

@@ -19,9 +19,12 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "storage/spin.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+
+#include "batchkit/histogram.h"
 
 #define BK_WORKER_KIND_LAUNCHER 'L'
 #define BK_WORKER_KIND_FLUSH 'F'
@@ -52,6 +55,29 @@ typedef struct BkSinkSlot {
     Oid dboid;
     int32 sink_id;
     pg_atomic_uint64 queued;
+    pg_atomic_uint32 flush_requested; /* flush() asks the worker to skip the linger */
+
+    /*
+     * Statistics, written only by the flush worker serving the sink, under `mutex`
+     * (a spinlock: held for a few stores or one memcpy, never across a call).
+     * Readers copy the whole slot out under the same spinlock.
+     */
+    slock_t mutex;
+    char name[NAMEDATALEN];
+    char state[16];             /* active, idle, paused, failing */
+    uint64 batches;
+    uint64 rows_sent;
+    uint64 rows_failed;         /* rows of deliveries that failed and were retried */
+    uint64 rows_dead;           /* rows moved to dead_letters */
+    uint64 bytes_sent;
+    uint64 retries;
+    uint64 last_batch_size;
+    TimestampTz last_flush_at;
+    double last_flush_seconds;
+    char last_error[256];
+    TimestampTz last_error_at;
+    TimestampTz stats_reset;
+    bk_histogram hist[BK_HIST_KIND_COUNT];
 } BkSinkSlot;
 
 typedef struct BkShared {
@@ -59,6 +85,7 @@ typedef struct BkShared {
     int max_workers;           /* flush worker slots; slot 0 is the launcher */
     int max_sinks;
     uint64 launcher_starts;    /* how many times a launcher has started */
+    uint64 recheck_generation; /* bumped to make the launcher retry every database now */
     BkSinkSlot *sinks;         /* max_sinks entries, after the worker slots */
     BkWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } BkShared;
@@ -92,10 +119,15 @@ extern Oid bk_queue_owner(void);
 extern void bk_begin_as_owner(Oid *save_userid, int *save_sec);
 extern void bk_end_as_owner(Oid save_userid, int save_sec);
 extern void bk_invalidate_catalog_cache(void);
+extern void bk_wake_launcher_at_commit(void);
 extern int32 bk_lookup_sink_id(const char *name, bool missing_ok);
 
 /* launcher.c */
 extern void bk_register_launcher(void);
+extern void bk_wake_launcher(void);
 PGDLLEXPORT void batchkit_launcher_main(Datum main_arg);
+
+/* flush_worker.c */
+PGDLLEXPORT void batchkit_flush_worker_main(Datum main_arg);
 
 #endif /* BATCHKIT_SHIM_H */

@@ -279,12 +279,12 @@ batchkit_capture_trigger(PG_FUNCTION_ARGS)
 	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
 	{
 		while (tuplestore_gettupleslot(newtab, true, false, newslot))
-			add_row(&cs, BK_OP_INSERT, desc, NULL, newslot);
+			add_row(&cs, BK_REC_INSERT, desc, NULL, newslot);
 	}
 	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
 	{
 		while (tuplestore_gettupleslot(oldtab, true, false, oldslot))
-			add_row(&cs, BK_OP_DELETE, desc, oldslot, NULL);
+			add_row(&cs, BK_REC_DELETE, desc, oldslot, NULL);
 	}
 	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
@@ -295,11 +295,11 @@ batchkit_capture_trigger(PG_FUNCTION_ARGS)
 				elog(ERROR, "batchkit: transition tables of an UPDATE differ in length");
 			if (key_changed(oldslot, newslot, desc, is_key))
 			{
-				add_row(&cs, BK_OP_DELETE, desc, oldslot, NULL);
-				add_row(&cs, BK_OP_INSERT, desc, NULL, newslot);
+				add_row(&cs, BK_REC_DELETE, desc, oldslot, NULL);
+				add_row(&cs, BK_REC_INSERT, desc, NULL, newslot);
 			}
 			else
-				add_row(&cs, BK_OP_UPDATE, desc, include_before ? oldslot : NULL, newslot);
+				add_row(&cs, BK_REC_UPDATE, desc, include_before ? oldslot : NULL, newslot);
 		}
 	}
 	else

@@ -169,13 +169,19 @@ bk_chunk_add_row(BkChunkWriter *w, char op, TupleDesc desc, MinimalTuple before,
 }
 
 void
-bk_chunk_add_message(BkChunkWriter *w, const char *key, int keylen, const char *payload,
-					 int payloadlen, const char *headers, int headerslen)
+bk_chunk_add_message(BkChunkWriter *w, char op, const char *key, int keylen, const char *payload,
+					 int payloadlen, const char *headers, int headerslen,
+					 const char *target, int targetlen)
 {
 	BkChunkRecord rec;
 
 	memset(&rec, 0, sizeof(rec));
-	rec.op = BK_OP_MESSAGE;
+	rec.op = op;
+	if (target)
+	{
+		rec.flags |= BK_REC_HAS_TARGET;
+		rec.len4 = (uint16) Min(targetlen, PG_UINT16_MAX);
+	}
 	if (key)
 	{
 		rec.flags |= BK_REC_HAS_KEY;
@@ -193,6 +199,8 @@ bk_chunk_add_message(BkChunkWriter *w, const char *key, int keylen, const char *
 	appendBinaryStringInfo(&w->buf, payload, payloadlen);
 	if (headers)
 		appendBinaryStringInfo(&w->buf, headers, headerslen);
+	if (target)
+		appendBinaryStringInfo(&w->buf, target, rec.len4);
 	pad_maxalign(&w->buf);
 	w->nrecords++;
 }
@@ -307,7 +315,7 @@ bk_chunk_next(BkChunkReader *r, BkChunkRecordView *rec)
 	}
 	else
 	{
-		if ((Size) pos + cr->len1 + cr->len2 + cr->len3 > r->len)
+		if ((Size) pos + cr->len1 + cr->len2 + cr->len3 + cr->len4 > r->len)
 			corrupt("message overruns the chunk");
 		if (cr->flags & BK_REC_HAS_KEY)
 		{
@@ -323,6 +331,12 @@ bk_chunk_next(BkChunkReader *r, BkChunkRecordView *rec)
 			rec->headers = r->data + pos;
 			rec->headerslen = cr->len3;
 			pos += cr->len3;
+		}
+		if (cr->flags & BK_REC_HAS_TARGET)
+		{
+			rec->target = r->data + pos;
+			rec->targetlen = cr->len4;
+			pos += cr->len4;
 		}
 		pos = MAXALIGN(pos);
 	}
@@ -424,6 +438,25 @@ attr_text(BkChunkReader *r, HeapTupleHeader tup, int attno, StringInfo out)
 	appendStringInfoString(out, s);
 	pfree(s);
 	return true;
+}
+
+void
+bk_chunk_row_fields(BkChunkReader *r, HeapTupleHeader tup, bk_chunk_field_cb cb, void *arg)
+{
+	StringInfoData v;
+
+	initStringInfo(&v);
+	for (int i = 0; i < r->hdr->natts; i++)
+	{
+		if (!(r->atts[i].flags & BK_ATT_EMIT) || (r->atts[i].flags & BK_ATT_DROPPED))
+			continue;
+		resetStringInfo(&v);
+		if (attr_text(r, tup, i + 1, &v))
+			cb(r->attnames[i], v.data, arg);
+		else
+			cb(r->attnames[i], NULL, arg);
+	}
+	pfree(v.data);
 }
 
 void

@@ -48,16 +48,17 @@
 #define BK_ATT_EMIT 0x04
 
 /* BkChunkRecord.op */
-#define BK_OP_INSERT 'i'
-#define BK_OP_UPDATE 'u'
-#define BK_OP_DELETE 'd'
-#define BK_OP_MESSAGE 'm'
+#define BK_REC_INSERT 'i'
+#define BK_REC_UPDATE 'u'
+#define BK_REC_DELETE 'd'
+#define BK_REC_MESSAGE 'm'
 
 /* BkChunkRecord.flags */
 #define BK_REC_HAS_BEFORE 0x01
 #define BK_REC_HAS_AFTER 0x02
 #define BK_REC_HAS_KEY 0x04     /* messages: key is not NULL */
 #define BK_REC_HAS_HEADERS 0x08 /* messages: headers is not NULL */
+#define BK_REC_HAS_TARGET 0x10	/* messages: an explicit topic/key (replayed dead letters) */
 
 typedef struct BkChunkHeader
 {
@@ -87,7 +88,7 @@ typedef struct BkChunkRecord
 {
 	uint8		op;
 	uint8		flags;
-	uint16		reserved;
+	uint16		len4;			/* messages: target length (BK_REC_HAS_TARGET) */
 	uint32		len1;			/* rows: before tuple length; messages: key length */
 	uint32		len2;			/* rows: after tuple length; messages: payload length */
 	uint32		len3;			/* messages: headers length */
@@ -109,9 +110,10 @@ extern void bk_chunk_begin_messages(BkChunkWriter *w);
 /* Append one row change; before/after may be NULL. Tuples with external TOAST are flattened. */
 extern void bk_chunk_add_row(BkChunkWriter *w, char op, TupleDesc desc,
 							 MinimalTuple before, MinimalTuple after);
-extern void bk_chunk_add_message(BkChunkWriter *w, const char *key, int keylen,
+extern void bk_chunk_add_message(BkChunkWriter *w, char op, const char *key, int keylen,
 								 const char *payload, int payloadlen,
-								 const char *headers, int headerslen);
+								 const char *headers, int headerslen,
+								 const char *target, int targetlen);
 /* Finish: patches the record count. The bytes are w->buf.data / w->buf.len. */
 extern void bk_chunk_finish(BkChunkWriter *w);
 extern void bk_chunk_reset(BkChunkWriter *w);
@@ -148,6 +150,8 @@ typedef struct BkChunkRecordView
 	int			payloadlen;
 	const char *headers;
 	int			headerslen;
+	const char *target;
+	int			targetlen;
 } BkChunkRecordView;
 
 /* Open a chunk (takes ownership of data, which must be palloc'd and MAXALIGNed). Errors on corruption. */
@@ -157,6 +161,10 @@ extern bool bk_chunk_next(BkChunkReader *r, BkChunkRecordView *rec);
 extern void bk_chunk_row_json(BkChunkReader *r, HeapTupleHeader tup, bool key_only, StringInfo out);
 /* The message key: the single key column's text, or the JSON object of several. */
 extern void bk_chunk_row_key_text(BkChunkReader *r, HeapTupleHeader tup, StringInfo out);
+/* Call cb(name, value or NULL) for every emitted column, values as text (Redis hset). */
+typedef void (*bk_chunk_field_cb) (const char *name, const char *value, void *arg);
+extern void bk_chunk_row_fields(BkChunkReader *r, HeapTupleHeader tup, bk_chunk_field_cb cb,
+								void *arg);
 /* Text of one attribute (by name) for key templates; false if NULL or absent. */
 extern bool bk_chunk_row_attr_text(BkChunkReader *r, HeapTupleHeader tup, const char *attname,
 								   StringInfo out);

@@ -236,11 +236,11 @@ op_name(char op)
 {
 	switch (op)
 	{
-		case BK_OP_INSERT:
+		case BK_REC_INSERT:
 			return "insert";
-		case BK_OP_UPDATE:
+		case BK_REC_UPDATE:
 			return "update";
-		case BK_OP_DELETE:
+		case BK_REC_DELETE:
 			return "delete";
 		default:
 			return "message";
@@ -260,7 +260,7 @@ encode_row(BkChunkReader *r, BkChunkRecordView *rec, BkMessage *m, int format,
 	bk_chunk_row_key_text(r, keytup, &m->key);
 	if (format == BK_FORMAT_ROW)
 	{
-		if (rec->op == BK_OP_DELETE)
+		if (rec->op == BK_REC_DELETE)
 			bk_chunk_row_json(r, keytup, !include_before, &m->value);
 		else
 			bk_chunk_row_json(r, rec->after, false, &m->value);
@@ -362,7 +362,7 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 			m.reader = &reader;
 			initStringInfo(&m.key);
 			initStringInfo(&m.value);
-			if (rec.op == BK_OP_MESSAGE)
+			if (reader.hdr->kind == BK_CHUNK_KIND_MESSAGES)
 			{
 				if (rec.key)
 				{
@@ -372,6 +372,8 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 				appendBinaryStringInfo(&m.value, rec.payload, rec.payloadlen);
 				m.headers = rec.headers;
 				m.headerslen = rec.headerslen;
+				m.target = rec.target;
+				m.targetlen = rec.targetlen;
 			}
 			else
 				encode_row(&reader, &rec, &m, format, txid, ts);

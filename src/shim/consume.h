@@ -52,7 +52,7 @@ typedef struct BkBatch
 
 typedef struct BkMessage
 {
-	char		op;				/* BK_OP_INSERT/UPDATE/DELETE/MESSAGE */
+	char		op;				/* BK_REC_INSERT/UPDATE/DELETE/MESSAGE */
 	int64		seq;
 	int64		chunk_id;
 	const char *source;			/* "schema.table"; NULL for enqueued messages */
@@ -61,6 +61,8 @@ typedef struct BkMessage
 	StringInfoData value;		/* message body, per the sink's format */
 	const char *headers;		/* enqueued messages: JSON object text or NULL */
 	int			headerslen;
+	const char *target;			/* replayed dead letters: the original topic/key */
+	int			targetlen;
 	TimestampTz captured_at;
 	BkChunkReader *reader;		/* rows: for key templates and per-column output */
 	HeapTupleHeader row;		/* rows: after image, or before for deletes */

@@ -8,12 +8,17 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type_d.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "pgstat.h"
 
 #include "batchkit.h"
 #include "chunk.h"
@@ -22,6 +27,9 @@ PG_FUNCTION_INFO_V1(batchkit_enqueue);
 PG_FUNCTION_INFO_V1(batchkit_enqueue_many);
 PG_FUNCTION_INFO_V1(batchkit_catalog_changed);
 PG_FUNCTION_INFO_V1(batchkit_queue_depth);
+PG_FUNCTION_INFO_V1(batchkit_requeue);
+PG_FUNCTION_INFO_V1(batchkit_wake_launcher);
+PG_FUNCTION_INFO_V1(batchkit_flush);
 
 #define BK_CHUNK_MAX_BYTES (1024 * 1024)
 
@@ -84,8 +92,9 @@ outbox_add(Outbox *o, Jsonb *payload, text *key, Jsonb *headers)
 		check_headers(headers);
 		h = JsonbToCString(NULL, &headers->root, VARSIZE(headers));
 	}
-	bk_chunk_add_message(&o->w, key ? VARDATA_ANY(key) : NULL, key ? VARSIZE_ANY_EXHDR(key) : 0,
-						 p, strlen(p), h, h ? strlen(h) : 0);
+	bk_chunk_add_message(&o->w, BK_REC_MESSAGE, key ? VARDATA_ANY(key) : NULL,
+						 key ? VARSIZE_ANY_EXHDR(key) : 0, p, strlen(p), h, h ? strlen(h) : 0,
+						 NULL, 0);
 	pfree(p);
 	if (h)
 		pfree(h);
@@ -237,4 +246,142 @@ batchkit_queue_depth(PG_FUNCTION_ARGS)
 	if (!known)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64((int64) depth);
+}
+
+/*
+ * batchkit._requeue(sink, ops text[], targets text[], keys text[], payloads text[]):
+ * put messages back into a sink's queue exactly as they were sent (replayed dead
+ * letters keep their topic/key, key and payload).
+ */
+Datum
+batchkit_requeue(PG_FUNCTION_ARGS)
+{
+	Outbox		o;
+	Oid			save_userid;
+	int			save_sec;
+	Datum	   *ops,
+			   *targets,
+			   *keys,
+			   *payloads;
+	bool	   *on,
+			   *tn,
+			   *kn,
+			   *pn;
+	int			n,
+				n2,
+				n3,
+				n4;
+
+	ops = array_elems(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false, TYPALIGN_INT, &on, &n, "ops");
+	targets = array_elems(PG_GETARG_ARRAYTYPE_P(2), TEXTOID, -1, false, TYPALIGN_INT, &tn, &n2, "targets");
+	keys = array_elems(PG_GETARG_ARRAYTYPE_P(3), TEXTOID, -1, false, TYPALIGN_INT, &kn, &n3, "keys");
+	payloads = array_elems(PG_GETARG_ARRAYTYPE_P(4), TEXTOID, -1, false, TYPALIGN_INT, &pn, &n4, "payloads");
+	if (n2 != n || n3 != n || n4 != n)
+		elog(ERROR, "batchkit._requeue: arrays differ in length");
+	outbox_begin(&o, PG_GETARG_TEXT_PP(0), 0, &save_userid, &save_sec);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *op = on[i] ? "message" : TextDatumGetCString(ops[i]);
+		char		opc = strcmp(op, "insert") == 0 ? BK_REC_INSERT :
+			strcmp(op, "update") == 0 ? BK_REC_UPDATE :
+			strcmp(op, "delete") == 0 ? BK_REC_DELETE : BK_REC_MESSAGE;
+		text	   *t = tn[i] ? NULL : DatumGetTextPP(targets[i]);
+		text	   *k = kn[i] ? NULL : DatumGetTextPP(keys[i]);
+		text	   *p = pn[i] ? cstring_to_text("") : DatumGetTextPP(payloads[i]);
+
+		bk_chunk_add_message(&o.w, opc, k ? VARDATA_ANY(k) : NULL, k ? VARSIZE_ANY_EXHDR(k) : 0,
+							 VARDATA_ANY(p), VARSIZE_ANY_EXHDR(p), NULL, 0,
+							 t ? VARDATA_ANY(t) : NULL, t ? VARSIZE_ANY_EXHDR(t) : 0);
+		if (o.w.nrecords >= (uint32) bk_chunk_records || o.w.buf.len >= BK_CHUNK_MAX_BYTES)
+			outbox_flush(&o);
+	}
+	outbox_end(&o, save_userid, save_sec);
+	PG_RETURN_INT64((int64) o.total);
+}
+
+Datum
+batchkit_wake_launcher(PG_FUNCTION_ARGS)
+{
+	bk_wake_launcher_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * batchkit.flush(sink, timeout): wait until every row committed before the call
+ * has been acknowledged by the sink. Returns false on timeout.
+ */
+Datum
+batchkit_flush(PG_FUNCTION_ARGS)
+{
+	char	   *sink = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Interval   *timeout = PG_GETARG_INTERVAL_P(1);
+	Oid			save_userid;
+	int			save_sec;
+	int32		sink_id;
+	int64		max_id = 0;
+	bool		drained = false;
+	bool		isnull;
+	TimestampTz deadline;
+	BkSinkSlot *slot;
+	Datum		args[2];
+	Oid			types[2] = {INT4OID, INT8OID};
+	int64		timeout_ms;
+
+	bk_require_shmem();
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("batchkit.flush() needs READ COMMITTED isolation"),
+				 errdetail("It must see the flush worker's acknowledgements as they commit.")));
+	timeout_ms = (int64) (timeout->time / 1000) +
+		(int64) timeout->day * 86400000 + (int64) timeout->month * 30 * 86400000;
+	if (timeout_ms < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must not be negative")));
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	bk_queue_init_backend();
+	bk_begin_as_owner(&save_userid, &save_sec);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "batchkit: SPI_connect failed");
+	sink_id = bk_lookup_sink_id(sink, false);
+	args[0] = Int32GetDatum(sink_id);
+	/* rows of this very transaction cannot be delivered before it commits: not waited for */
+	if (SPI_execute_with_args("SELECT max(chunk_id) FROM batchkit.queue WHERE sink_id = $1 "
+							  "AND txid IS DISTINCT FROM pg_catalog.pg_current_xact_id_if_assigned()",
+							  1, types, args, NULL, false, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			max_id = DatumGetInt64(d);
+	}
+	slot = bk_sink_slot(MyDatabaseId, sink_id, true);
+	if (max_id == 0)
+		drained = true;
+	else if (slot)
+	{
+		pg_atomic_fetch_add_u32(&slot->flush_requested, 1);
+		bk_wake_database(MyDatabaseId);
+	}
+	args[1] = Int64GetDatum(max_id);
+	while (!drained)
+	{
+		if (SPI_execute_with_args("SELECT NOT EXISTS (SELECT 1 FROM batchkit.queue WHERE sink_id = $1 "
+								  "AND chunk_id <= $2 AND txid IS DISTINCT FROM "
+								  "pg_catalog.pg_current_xact_id_if_assigned())",
+								  2, types, args, NULL, false, 1) == SPI_OK_SELECT)
+			drained = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+												 &isnull));
+		if (drained || GetCurrentTimestamp() >= deadline)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 10,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_finish();
+	bk_end_as_owner(save_userid, save_sec);
+	PG_RETURN_BOOL(drained);
 }

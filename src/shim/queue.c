@@ -48,6 +48,7 @@ typedef struct PendingCount
 	int64		delta;			/* records queued (+) or acknowledged (-) */
 } PendingCount;
 
+static bool wake_launcher_at_commit = false;
 static PendingCount *pending = NULL;
 static int	npending = 0;
 static int	maxpending = 0;
@@ -466,6 +467,9 @@ xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_launcher_at_commit)
+				bk_wake_launcher();
+			wake_launcher_at_commit = false;
 			if (npending > 0 && bk_shared != NULL)
 			{
 				/* post-commit: nothing here may fail */
@@ -483,6 +487,7 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			npending = 0;
+			wake_launcher_at_commit = false;
 			break;
 		default:
 			break;
@@ -504,4 +509,12 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				pending[keep++] = pending[i];
 		npending = keep;
 	}
+}
+
+/* Wake the launcher when this transaction commits (CREATE EXTENSION: start a worker). */
+void
+bk_wake_launcher_at_commit(void)
+{
+	bk_queue_init_backend();
+	wake_launcher_at_commit = true;
 }

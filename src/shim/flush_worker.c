@@ -1,0 +1,1127 @@
+/*
+ * flush_worker.c — the per-database flush worker: drains each sink's queue in
+ * batches into Kafka or Redis.
+ *
+ * One worker per database (started by the launcher) serves every sink of that
+ * database, round robin. Why one per database and not one per sink: a sink is
+ * mostly waiting on the network, the expensive part (decoding rows to JSON) is
+ * CPU that several workers would only fight over on a small machine, and one
+ * connection per database keeps max_worker_processes needs predictable. A slow
+ * or failing sink must not starve the others, so:
+ *   - a sink whose last delivery failed is in backoff (capped exponential with
+ *     jitter) and is skipped until its retry time; before sending to it again
+ *     the worker probes it with a short timeout;
+ *   - a send never waits longer than batchkit.send_timeout (then the batch is
+ *     retried later), and linger (max_wait_ms) is a per-sink deadline, not a sleep.
+ *
+ * Per sink and batch (see consume.h for the queue protocol):
+ *   tx 1: claim (or replay) a batch, decode it to messages, commit;
+ *   no transaction: send (the worker holds no snapshot during network I/O);
+ *   tx 2: dead-letter what the sink refused for good, acknowledge, commit.
+ * A crash between send and acknowledgement replays the same batch with the
+ * same batch_seq: Kafka may see duplicates (same idempotency key), Redis skips
+ * it by its fence: effectively once.
+ *
+ * Errors: each sink's round runs under PG_TRY; a Postgres error aborts the
+ * transaction, is recorded as the sink's last error and puts it in backoff; the
+ * worker keeps serving the other sinks. Core (C++) calls are noexcept and are
+ * never on the stack when an ereport happens.
+ *
+ * Threads: librdkafka's threads never call back into this file; its logs are
+ * pulled with bk_sink_next_log after each call.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type_d.h"
+#include "commands/extension.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/array.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "batchkit/encoding.h"
+#include "batchkit/flush_policy.h"
+#include "batchkit/sink.h"
+#include "batchkit.h"
+#include "consume.h"
+
+#define BK_MAX_SINKS_PER_DB 256
+#define BK_MAINTAIN_INTERVAL_MS 1000
+#define BK_PROBE_TIMEOUT_MS 1000
+#define BK_SEND_TIMEOUT_MS 10000
+#define BK_TEMPLATE_CACHE 32
+
+typedef struct TemplateEntry
+{
+	char	   *source;			/* "schema.table" */
+	uint32		layout_hash;	/* of the column names it was compiled for */
+	bk_template *tpl;
+	int			ncols;
+	char	  **cols;			/* columns the template may use, in compile order */
+} TemplateEntry;
+
+typedef struct SinkRuntime
+{
+	int32		sink_id;
+	char		name[NAMEDATALEN];
+	char		kind[16];
+	bool		paused;
+	bool		seen;
+	char	   *config;			/* canonical option text: reopen when it changes */
+	bk_sink    *sink;
+	bk_flush_limits limits;
+	bk_retry_policy retry;
+	int			format;
+	char	   *target_template;	/* topic (kafka) or key (redis) */
+	char	   *outbox_target;	/* where enqueue()d messages go */
+	bool		is_hset;
+	bool		is_redis;
+	bool		failing;
+	uint32		failures;		/* consecutive failed deliveries */
+	TimestampTz retry_at;
+	int64		reject_batch;	/* batch whose rejections are being retried */
+	uint32		reject_attempts;
+	TemplateEntry templates[BK_TEMPLATE_CACHE];
+	int			ntemplates;
+	BkSinkSlot *slot;
+} SinkRuntime;
+
+static SinkRuntime *sinks = NULL;
+static int	nsinks = 0;
+static BkWorkerSlot *my_slot = NULL;
+static MemoryContext batch_cxt = NULL;
+
+/* ---- statistics (shared memory) ------------------------------------------------ */
+
+static BkSinkSlot *
+stats_slot(SinkRuntime *s)
+{
+	if (s->slot == NULL || !s->slot->in_use || s->slot->sink_id != s->sink_id)
+		s->slot = bk_sink_slot(MyDatabaseId, s->sink_id, true);
+	return s->slot;
+}
+
+static void
+stats_state(SinkRuntime *s, const char *state)
+{
+	BkSinkSlot *slot = stats_slot(s);
+
+	if (slot == NULL)
+		return;
+	SpinLockAcquire(&slot->mutex);
+	strlcpy(slot->name, s->name, NAMEDATALEN);
+	strlcpy(slot->state, state, sizeof(slot->state));
+	SpinLockRelease(&slot->mutex);
+}
+
+static void
+stats_error(SinkRuntime *s, const char *msg, uint64 rows_failed)
+{
+	BkSinkSlot *slot = stats_slot(s);
+
+	if (slot == NULL)
+		return;
+	SpinLockAcquire(&slot->mutex);
+	strlcpy(slot->state, "failing", sizeof(slot->state));
+	strlcpy(slot->last_error, msg, sizeof(slot->last_error));
+	slot->last_error_at = GetCurrentTimestamp();
+	slot->rows_failed += rows_failed;
+	if (rows_failed > 0)
+		slot->retries++;
+	SpinLockRelease(&slot->mutex);
+}
+
+static void
+stats_batch(SinkRuntime *s, uint64 rows, uint64 dead, uint64 bytes, double seconds,
+			const double *lags, int nlags)
+{
+	BkSinkSlot *slot = stats_slot(s);
+
+	if (slot == NULL)
+		return;
+	SpinLockAcquire(&slot->mutex);
+	strlcpy(slot->state, "active", sizeof(slot->state));
+	slot->batches++;
+	slot->rows_sent += rows - dead;
+	slot->rows_dead += dead;
+	slot->bytes_sent += bytes;
+	slot->last_batch_size = rows;
+	slot->last_flush_at = GetCurrentTimestamp();
+	slot->last_flush_seconds = seconds;
+	bk_histogram_observe(&slot->hist[BK_HIST_BATCH_SIZE], BK_HIST_BATCH_SIZE, (double) rows);
+	bk_histogram_observe(&slot->hist[BK_HIST_FLUSH_SECONDS], BK_HIST_FLUSH_SECONDS, seconds);
+	for (int i = 0; i < nlags; i++)
+		bk_histogram_observe(&slot->hist[BK_HIST_LAG_SECONDS], BK_HIST_LAG_SECONDS, lags[i]);
+	SpinLockRelease(&slot->mutex);
+}
+
+/* ---- sink configuration ---------------------------------------------------------- */
+
+static int64
+opt_int(bk_sink_option *opts, int n, const char *key, int64 dflt)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(opts[i].key, key) == 0 && opts[i].value)
+			return strtoll(opts[i].value, NULL, 10);
+	return dflt;
+}
+
+static const char *
+opt_str(bk_sink_option *opts, int n, const char *key, const char *dflt)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(opts[i].key, key) == 0 && opts[i].value)
+			return opts[i].value;
+	return dflt;
+}
+
+static void
+close_sink(SinkRuntime *s)
+{
+	if (s->sink)
+		bk_sink_close(s->sink);
+	s->sink = NULL;
+	for (int i = 0; i < s->ntemplates; i++)
+		bk_template_free(s->templates[i].tpl);
+	s->ntemplates = 0;
+}
+
+static void
+drain_sink_logs(SinkRuntime *s)
+{
+	bk_log_entry e;
+
+	if (s->sink == NULL)
+		return;
+	while (bk_sink_next_log(s->sink, &e))
+	{
+		int			level = e.level <= 4 ? WARNING : (e.level <= 6 ? LOG : DEBUG1);
+
+		ereport(level,
+				(errmsg("batchkit sink \"%s\": %s: %s", s->name, e.facility, e.message),
+				 e.dropped ? errdetail("%llu earlier log lines were dropped.",
+									   (unsigned long long) e.dropped) : 0));
+	}
+}
+
+/*
+ * Open (or reopen after alter_sink) the client of a sink from its full
+ * configuration (secrets included: the worker runs as the bootstrap superuser).
+ */
+static void
+configure_sink(SinkRuntime *s, Datum *keys, Datum *values, bool *nulls, int n, const char *config)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	bk_sink_option *opts = palloc(sizeof(bk_sink_option) * (n + 1));
+	int			nopts = 0;
+	bk_status	st;
+	const char *command;
+
+	close_sink(s);
+	if (s->config)
+		pfree(s->config);
+	if (s->target_template)
+		pfree(s->target_template);
+	if (s->outbox_target)
+		pfree(s->outbox_target);
+	s->config = pstrdup(config);
+
+	for (int i = 0; i < n; i++)
+	{
+		opts[nopts].key = TextDatumGetCString(keys[i]);
+		opts[nopts].value = nulls[i] ? NULL : TextDatumGetCString(values[i]);
+		nopts++;
+	}
+	opts[nopts].key = "name";
+	opts[nopts].value = s->name;
+	nopts++;
+
+	s->limits.batch_size = (uint32) opt_int(opts, nopts, "batch_size", 10000);
+	s->limits.max_batch_bytes = (uint64) opt_int(opts, nopts, "max_batch_bytes", 16 * 1024 * 1024);
+	s->limits.max_wait_ms = (uint32) opt_int(opts, nopts, "max_wait_ms", 10);
+	s->retry.max_attempts = (uint32) opt_int(opts, nopts, "max_attempts", 5);
+	s->retry.backoff_base_ms = (uint32) opt_int(opts, nopts, "retry_backoff_ms", 100);
+	s->retry.backoff_cap_ms = (uint32) opt_int(opts, nopts, "retry_backoff_max_ms", 30000);
+	s->format = strcmp(opt_str(opts, nopts, "format", "envelope"), "row") == 0 ?
+		BK_FORMAT_ROW : BK_FORMAT_ENVELOPE;
+	s->is_redis = strcmp(s->kind, "redis") == 0;
+	command = opt_str(opts, nopts, "command", "");
+	s->is_hset = s->is_redis && strcmp(command, "hset") == 0;
+	s->target_template = pstrdup(opt_str(opts, nopts, s->is_redis ? "key" : "topic",
+										 s->is_redis ? "batchkit:{sink}" : "{schema}.{table}"));
+	s->outbox_target = pstrdup(opt_str(opts, nopts, "outbox_target", s->name));
+
+	s->sink = bk_sink_open(s->kind, opts, nopts, &st);
+	MemoryContextSwitchTo(old);
+	if (s->sink == NULL)
+	{
+		s->failing = true;
+		s->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 5000);
+		stats_error(s, st.message, 0);
+		ereport(WARNING,
+				(errmsg("batchkit sink \"%s\" cannot be opened: %s", s->name, st.message)));
+		return;
+	}
+	/* Redis: continue above whatever fence the sink's data already carries */
+	if (s->is_redis)
+	{
+		int64_t		fence = 0;
+
+		if (bk_sink_read_fence(s->sink, &fence, BK_PROBE_TIMEOUT_MS, &st) == BK_OK && fence > 0)
+		{
+			Oid			types[2] = {INT4OID, INT8OID};
+			Datum		v[2];
+
+			v[0] = Int32GetDatum(s->sink_id);
+			v[1] = Int64GetDatum(fence);
+			SPI_execute_with_args("INSERT INTO batchkit.sink_progress AS p (sink_id, last_batch_seq) "
+								  "VALUES ($1, $2) ON CONFLICT (sink_id) DO UPDATE SET "
+								  "last_batch_seq = greatest(p.last_batch_seq, $2)",
+								  2, types, v, NULL, false, 0);
+		}
+		drain_sink_logs(s);
+	}
+}
+
+static SinkRuntime *
+find_sink(int32 sink_id)
+{
+	for (int i = 0; i < nsinks; i++)
+		if (sinks[i].sink_id == sink_id)
+			return &sinks[i];
+	return NULL;
+}
+
+/* Re-read the sinks of this database (inside a transaction, SPI connected). */
+static void
+reload_sinks(void)
+{
+	int			rc;
+
+	rc = SPI_execute("SELECT s.sink_id, s.name, s.kind, s.paused, c.keys, c.vals, "
+					 "  (s.options || COALESCE(x.options, '{}'))::text "
+					 "FROM batchkit.sink s LEFT JOIN batchkit.sink_secret x USING (sink_id) "
+					 "CROSS JOIN LATERAL (SELECT array_agg(key ORDER BY key) AS keys, "
+					 "  array_agg(value ORDER BY key) AS vals FROM jsonb_each_text("
+					 "  s.options || COALESCE(x.options, '{}'))) c ORDER BY s.sink_id",
+					 true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "batchkit: reading sinks failed");
+	for (int i = 0; i < nsinks; i++)
+		sinks[i].seen = false;
+	for (uint64 r = 0; r < SPI_processed && r < BK_MAX_SINKS_PER_DB; r++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[r];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int32		id = DatumGetInt32(SPI_getbinval(t, d, 1, &isnull));
+		SinkRuntime *s = find_sink(id);
+		char	   *config = SPI_getvalue(t, d, 7);
+		Datum		kd = SPI_getbinval(t, d, 5, &isnull);
+		bool		knull = isnull;
+		Datum		vd = SPI_getbinval(t, d, 6, &isnull);
+
+		if (s == NULL)
+		{
+			s = &sinks[nsinks++];
+			memset(s, 0, sizeof(*s));
+			s->sink_id = id;
+		}
+		s->seen = true;
+		strlcpy(s->name, SPI_getvalue(t, d, 2), NAMEDATALEN);
+		strlcpy(s->kind, SPI_getvalue(t, d, 3), sizeof(s->kind));
+		s->paused = DatumGetBool(SPI_getbinval(t, d, 4, &isnull));
+		if (s->config == NULL || strcmp(s->config, config) != 0)
+		{
+			Datum	   *keys = NULL,
+					   *vals = NULL;
+			bool	   *kn,
+					   *vn;
+			int			nk = 0,
+						nv = 0;
+
+			if (!knull)
+			{
+				deconstruct_array(DatumGetArrayTypeP(kd), TEXTOID, -1, false, TYPALIGN_INT,
+								  &keys, &kn, &nk);
+				deconstruct_array(DatumGetArrayTypeP(vd), TEXTOID, -1, false, TYPALIGN_INT,
+								  &vals, &vn, &nv);
+			}
+			s->failing = false;
+			s->failures = 0;
+			s->retry_at = 0;
+			configure_sink(s, keys, vals, nk ? vn : NULL, nk, config);
+		}
+		stats_state(s, s->paused ? "paused" : (s->failing ? "failing" : "idle"));
+	}
+	/* forget dropped sinks */
+	for (int i = 0; i < nsinks; i++)
+	{
+		if (!sinks[i].seen)
+		{
+			close_sink(&sinks[i]);
+			bk_sink_slot_forget(MyDatabaseId, sinks[i].sink_id);
+			sinks[i] = sinks[nsinks - 1];
+			nsinks--;
+			i--;
+		}
+	}
+}
+
+/* ---- building messages ---------------------------------------------------------- */
+
+typedef struct PendingMsg
+{
+	uint8		op;
+	int64		seq;
+	size_t		key_off,
+				key_len;
+	bool		has_key;
+	size_t		val_off,
+				val_len;
+	size_t		tgt_off,
+				tgt_len;
+	bool		has_target;
+	size_t		src_off,
+				src_len;
+	bool		has_source;
+	int			field_first;	/* into fields[] */
+	int			nfields;
+	int			header_first;
+	int			nheaders;
+	TimestampTz captured_at;
+} PendingMsg;
+
+typedef struct PendingField
+{
+	size_t		name_off,
+				name_len;
+	size_t		val_off,
+				val_len;
+	bool		isnull;
+} PendingField;
+
+typedef struct BatchBuild
+{
+	SinkRuntime *sink;
+	StringInfoData arena;
+	PendingMsg *msgs;
+	int			nmsgs,
+				maxmsgs;
+	PendingField *fields;
+	int			nfields,
+				maxfields;
+	char		error[256];
+} BatchBuild;
+
+static size_t
+arena_add(BatchBuild *b, const char *p, size_t n)
+{
+	size_t		off = b->arena.len;
+
+	appendBinaryStringInfo(&b->arena, p, n);
+	return off;
+}
+
+static PendingField *
+next_field(BatchBuild *b)
+{
+	if (b->nfields == b->maxfields)
+	{
+		b->maxfields = b->maxfields ? b->maxfields * 2 : 1024;
+		b->fields = b->fields ? repalloc(b->fields, sizeof(PendingField) * b->maxfields)
+			: palloc(sizeof(PendingField) * b->maxfields);
+	}
+	return &b->fields[b->nfields++];
+}
+
+static void
+collect_field(const char *name, const char *value, void *arg)
+{
+	BatchBuild *b = (BatchBuild *) arg;
+	PendingField *f = next_field(b);
+
+	f->name_off = arena_add(b, name, strlen(name));
+	f->name_len = strlen(name);
+	f->isnull = value == NULL;
+	if (value)
+	{
+		f->val_len = strlen(value);
+		f->val_off = arena_add(b, value, f->val_len);
+	}
+}
+
+static uint32
+layout_hash(BkChunkReader *r)
+{
+	uint32		h = 2166136261u;
+
+	for (int i = 0; i < r->hdr->natts; i++)
+		for (const char *p = r->attnames[i]; *p; p++)
+			h = (h ^ (uint8) *p) * 16777619u;
+	return h ^ r->hdr->natts;
+}
+
+/* The compiled target template of a sink for a source table's current layout. */
+static TemplateEntry *
+template_for(SinkRuntime *s, BkChunkReader *r, const char *source, char *err, size_t errlen)
+{
+	uint32		lh = r ? layout_hash(r) : 0;
+	TemplateEntry *e;
+	bk_status	st;
+	MemoryContext old;
+
+	for (int i = 0; i < s->ntemplates; i++)
+		if (strcmp(s->templates[i].source, source) == 0 && s->templates[i].layout_hash == lh)
+			return &s->templates[i];
+	if (s->ntemplates == BK_TEMPLATE_CACHE)
+	{
+		for (int i = 0; i < s->ntemplates; i++)
+			bk_template_free(s->templates[i].tpl);
+		s->ntemplates = 0;
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	e = &s->templates[s->ntemplates];
+	memset(e, 0, sizeof(*e));
+	e->source = pstrdup(source);
+	e->layout_hash = lh;
+	if (r)
+	{
+		e->cols = palloc(sizeof(char *) * Max(r->hdr->natts, 1));
+		for (int i = 0; i < r->hdr->natts; i++)
+			if (!(r->atts[i].flags & BK_ATT_DROPPED))
+				e->cols[e->ncols++] = pstrdup(r->attnames[i]);
+	}
+	MemoryContextSwitchTo(old);
+	e->tpl = bk_template_compile(s->target_template, s->name, r ? r->schema : "",
+								 r ? r->table : "", (const char *const *) e->cols, e->ncols, &st);
+	if (e->tpl == NULL)
+	{
+		snprintf(err, errlen, "bad %s template \"%s\": %s", s->is_redis ? "key" : "topic",
+				 s->target_template, st.message);
+		return NULL;
+	}
+	s->ntemplates++;
+	return e;
+}
+
+static void
+collect_message(BkMessage *m, void *arg)
+{
+	BatchBuild *b = (BatchBuild *) arg;
+	SinkRuntime *s = b->sink;
+	PendingMsg *p;
+
+	if (b->nmsgs == b->maxmsgs)
+	{
+		b->maxmsgs = b->maxmsgs ? b->maxmsgs * 2 : 1024;
+		b->msgs = b->msgs ? repalloc(b->msgs, sizeof(PendingMsg) * b->maxmsgs)
+			: palloc(sizeof(PendingMsg) * b->maxmsgs);
+	}
+	p = &b->msgs[b->nmsgs++];
+	memset(p, 0, sizeof(*p));
+	p->seq = m->seq;
+	p->captured_at = m->captured_at;
+	switch (m->op)
+	{
+		case BK_REC_INSERT:
+			p->op = BK_OP_INSERT;
+			break;
+		case BK_REC_UPDATE:
+			p->op = BK_OP_UPDATE;
+			break;
+		case BK_REC_DELETE:
+			p->op = BK_OP_DELETE;
+			break;
+		default:
+			p->op = BK_OP_MESSAGE;
+			break;
+	}
+	p->has_key = m->has_key;
+	if (m->has_key)
+	{
+		p->key_len = m->key.len;
+		p->key_off = arena_add(b, m->key.data, m->key.len);
+	}
+	p->val_len = m->value.len;
+	p->val_off = arena_add(b, m->value.data, m->value.len);
+	if (m->source)
+	{
+		p->has_source = true;
+		p->src_len = strlen(m->source);
+		p->src_off = arena_add(b, m->source, p->src_len);
+	}
+
+	/* target: explicit (replayed dead letter), outbox, or the rendered template */
+	if (m->target)
+	{
+		p->has_target = true;
+		p->tgt_len = m->targetlen;
+		p->tgt_off = arena_add(b, m->target, m->targetlen);
+	}
+	else if (m->source == NULL)
+	{
+		p->has_target = true;
+		p->tgt_len = strlen(s->outbox_target);
+		p->tgt_off = arena_add(b, s->outbox_target, p->tgt_len);
+	}
+	else
+	{
+		TemplateEntry *te = template_for(s, m->reader, m->source, b->error, sizeof(b->error));
+
+		if (te != NULL)
+		{
+			bk_slice   *vals = palloc0(sizeof(bk_slice) * Max(te->ncols, 1));
+			StringInfoData v;
+			bk_buf		out = BK_BUF_INIT;
+			size_t		off,
+						len;
+			bk_status	st;
+
+			initStringInfo(&v);
+			if (!bk_template_is_static(te->tpl))
+			{
+				/* only the columns the template names are rendered as text */
+				for (int i = 0; i < te->ncols; i++)
+				{
+					if (strstr(s->target_template, te->cols[i]) == NULL)
+						continue;
+					resetStringInfo(&v);
+					if (bk_chunk_row_attr_text(m->reader, m->row, te->cols[i], &v))
+						vals[i].ptr = pstrdup(v.data), vals[i].len = v.len;
+				}
+			}
+			if (bk_template_render(te->tpl, vals, te->ncols, &out, &off, &len, &st) == BK_OK)
+			{
+				p->has_target = true;
+				p->tgt_len = len;
+				p->tgt_off = arena_add(b, out.data + off, len);
+			}
+			else
+				snprintf(b->error, sizeof(b->error), "rendering the target failed: %s", st.message);
+			bk_buf_free(&out);
+			pfree(v.data);
+		}
+	}
+
+	if (s->is_hset && m->row != NULL && m->reader != NULL)
+	{
+		p->field_first = b->nfields;
+		bk_chunk_row_fields(m->reader, m->row, collect_field, b);
+		p->nfields = b->nfields - p->field_first;
+	}
+	if (m->headers && m->headerslen > 0)
+	{
+		/* enqueue() headers: a flat JSON object of strings, parsed by jsonb */
+		Datum		j = DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(m->headers,
+																				m->headerslen)));
+		Jsonb	   *jb = DatumGetJsonbP(j);
+		JsonbIterator *it = JsonbIteratorInit(&jb->root);
+		JsonbValue	v;
+		JsonbIteratorToken tok;
+		PendingField *cur = NULL;
+
+		p->header_first = b->nfields;
+		while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+			{
+				cur = next_field(b);
+				cur->name_len = v.val.string.len;
+				cur->name_off = arena_add(b, v.val.string.val, v.val.string.len);
+			}
+			else if (tok == WJB_VALUE && cur != NULL)
+			{
+				cur->isnull = v.type != jbvString;
+				if (!cur->isnull)
+				{
+					cur->val_len = v.val.string.len;
+					cur->val_off = arena_add(b, v.val.string.val, v.val.string.len);
+				}
+			}
+		}
+		p->nheaders = b->nfields - p->header_first;
+	}
+}
+
+/* ---- one delivery round for one sink ---------------------------------------------- */
+
+static double
+random01(void)
+{
+	return pg_prng_double(&pg_global_prng_state);
+}
+
+static void
+dead_letter_and_ack(SinkRuntime *s, BkBatch *batch, BatchBuild *b, bk_send_result *results,
+					uint64 *dead)
+{
+	Oid			types[9] = {INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	INT4OID};
+
+	*dead = 0;
+	for (int i = 0; i < b->nmsgs; i++)
+	{
+		PendingMsg *p = &b->msgs[i];
+		Datum		v[9];
+		char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+		static const char *ops[] = {"insert", "update", "delete", "message"};
+
+		if (results[i].code != BK_SEND_REJECTED)
+			continue;
+		v[0] = Int32GetDatum(s->sink_id);
+		v[1] = Int64GetDatum(p->seq);
+		v[2] = CStringGetTextDatum(ops[p->op & 3]);
+		if (p->has_source)
+			v[3] = PointerGetDatum(cstring_to_text_with_len(b->arena.data + p->src_off, p->src_len));
+		else
+			nulls[3] = 'n';
+		if (p->has_key)
+			v[4] = PointerGetDatum(cstring_to_text_with_len(b->arena.data + p->key_off, p->key_len));
+		else
+			nulls[4] = 'n';
+		v[5] = PointerGetDatum(cstring_to_text_with_len(b->arena.data + p->val_off, p->val_len));
+		v[6] = CStringGetTextDatum(results[i].message ? results[i].message : "rejected");
+		if (p->has_target)
+			v[7] = PointerGetDatum(cstring_to_text_with_len(b->arena.data + p->tgt_off, p->tgt_len));
+		else
+			nulls[7] = 'n';
+		v[8] = Int32GetDatum(s->is_redis ? 1 : (int32) Max(s->reject_attempts, 1));
+		SPI_execute_with_args("INSERT INTO batchkit.dead_letter (sink_id, seq, op, source, key, "
+							  "message, error, target, attempts) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+							  9, types, v, nulls, false, 0);
+		(*dead)++;
+	}
+	bk_ack_batch(s->sink_id, batch->batch_seq);
+}
+
+static void
+fail_sink(SinkRuntime *s, const char *msg, uint64 rows)
+{
+	uint32		delay;
+
+	s->failing = true;
+	s->failures++;
+	delay = bk_backoff_delay_ms(s->failures, Max(s->retry.backoff_base_ms, 1),
+								Max(s->retry.backoff_cap_ms, 1), random01());
+	s->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
+	stats_error(s, msg, rows);
+}
+
+/*
+ * Deliver at most one batch of a sink. Returns true when it delivered something
+ * (so the caller loops again at once), and sets *wait_ms to when this sink next
+ * needs attention.
+ */
+static bool
+deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
+{
+	BkBatch		batch;
+	BatchBuild	b;
+	bool		claimed;
+	bk_message *msgs;
+	bk_send_result *results;
+	bk_send_summary summary;
+	bk_status	st;
+	bk_code		rc;
+	TimestampTz t0;
+	double		seconds;
+	uint64		bytes = 0;
+	uint64		dead = 0;
+	double	   *lags;
+	MemoryContext old;
+	BkSinkSlot *slot = stats_slot(s);
+	uint64		depth = slot ? pg_atomic_read_u64(&slot->queued) : 1;
+	bool		known = slot ? slot->depth_known : false;
+
+	*wait_ms = -1;
+	if (s->paused || s->sink == NULL)
+		return false;
+	if (s->failing && GetCurrentTimestamp() < s->retry_at)
+	{
+		long		secs;
+		int			usecs;
+
+		TimestampDifference(GetCurrentTimestamp(), s->retry_at, &secs, &usecs);
+		*wait_ms = secs * 1000 + usecs / 1000 + 1;
+		return false;
+	}
+	if (known && depth == 0 && !force)
+	{
+		/* nothing committed is waiting (an in-flight batch still counts in depth) */
+		return false;
+	}
+
+	/* linger: a partial batch waits until its oldest row is max_wait_ms old */
+	if (!force && s->limits.max_wait_ms > 0 && known && depth < s->limits.batch_size)
+	{
+		int			r;
+		bool		isnull;
+		Datum		arg[1];
+		Oid			types[1] = {INT4OID};
+
+		arg[0] = Int32GetDatum(s->sink_id);
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		r = SPI_execute_with_args("SELECT (extract(epoch FROM clock_timestamp() - captured_at) * 1000)::bigint "
+								  "FROM batchkit.queue WHERE sink_id = $1 ORDER BY chunk_id LIMIT 1",
+								  1, types, arg, NULL, true, 1);
+		if (r == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			int64		age = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+			bk_flush_decision d = bk_flush_decide(&s->limits, depth, 0, age, 0);
+
+			if (!d.flush_now)
+				*wait_ms = d.wait_ms;
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		if (*wait_ms >= 0)
+			return false;
+	}
+
+	if (s->failing)
+	{
+		rc = bk_sink_probe(s->sink, BK_PROBE_TIMEOUT_MS, &st);
+		drain_sink_logs(s);
+		if (rc != BK_OK)
+		{
+			fail_sink(s, st.message, 0);
+			*wait_ms = 1;
+			return false;
+		}
+	}
+
+	/* tx 1: claim (or replay) and decode */
+	MemoryContextReset(batch_cxt);
+	old = MemoryContextSwitchTo(batch_cxt);
+	memset(&b, 0, sizeof(b));
+	b.sink = s;
+	initStringInfo(&b.arena);
+	MemoryContextSwitchTo(old);
+
+	bk_slot_set_state(my_slot, "claiming", s->name);
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	old = MemoryContextSwitchTo(batch_cxt);
+	claimed = bk_claim_batch(s->sink_id, s->limits.batch_size ? s->limits.batch_size : PG_INT32_MAX,
+							 s->limits.max_batch_bytes ? (int64) s->limits.max_batch_bytes : PG_INT64_MAX,
+							 &batch);
+	if (claimed)
+		bk_batch_decode(&batch, s->format, collect_message, &b);
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	if (!claimed)
+	{
+		stats_state(s, "idle");
+		return false;
+	}
+	if (b.error[0])
+	{
+		/* a configuration error (bad template): nothing can be sent until it is fixed */
+		fail_sink(s, b.error, b.nmsgs);
+		return false;
+	}
+
+	/* build the core's message array (pointers into the arena, now stable) */
+	old = MemoryContextSwitchTo(batch_cxt);
+	msgs = palloc0(sizeof(bk_message) * Max(b.nmsgs, 1));
+	results = palloc0(sizeof(bk_send_result) * Max(b.nmsgs, 1));
+	lags = palloc(sizeof(double) * Max(b.nmsgs, 1));
+	{
+		bk_field   *fields = palloc0(sizeof(bk_field) * Max(b.nfields, 1));
+
+		for (int i = 0; i < b.nfields; i++)
+		{
+			fields[i].name = b.arena.data + b.fields[i].name_off;
+			fields[i].name_len = b.fields[i].name_len;
+			fields[i].value = b.fields[i].isnull ? NULL : b.arena.data + b.fields[i].val_off;
+			fields[i].value_len = b.fields[i].isnull ? 0 : b.fields[i].val_len;
+		}
+		for (int i = 0; i < b.nmsgs; i++)
+		{
+			PendingMsg *p = &b.msgs[i];
+			bk_message *m = &msgs[i];
+
+			m->op = p->op;
+			m->seq = p->seq;
+			if (p->has_target)
+			{
+				m->target = b.arena.data + p->tgt_off;
+				m->target_len = p->tgt_len;
+			}
+			if (p->has_key)
+			{
+				m->key = b.arena.data + p->key_off;
+				m->key_len = p->key_len;
+			}
+			m->value = b.arena.data + p->val_off;
+			m->value_len = p->val_len;
+			if (p->has_source)
+			{
+				m->table = b.arena.data + p->src_off;
+				m->table_len = p->src_len;
+			}
+			if (p->nfields > 0)
+			{
+				m->fields = &fields[p->field_first];
+				m->nfields = p->nfields;
+			}
+			if (p->nheaders > 0)
+			{
+				m->headers = &fields[p->header_first];
+				m->nheaders = p->nheaders;
+			}
+			bytes += p->val_len + p->key_len;
+		}
+	}
+	MemoryContextSwitchTo(old);
+
+	/* no transaction: send */
+	bk_slot_set_state(my_slot, "sending", s->name);
+	t0 = GetCurrentTimestamp();
+	rc = bk_sink_send_batch(s->sink, msgs, b.nmsgs, batch.batch_seq, results, BK_SEND_TIMEOUT_MS,
+							&summary, &st);
+	seconds = (double) (GetCurrentTimestamp() - t0) / 1000000.0;
+	drain_sink_logs(s);
+
+	if (summary.retryable > 0)
+	{
+		/* the sink (or the network) failed: replay the batch after a backoff */
+		fail_sink(s, st.message, summary.retryable);
+		ereport(LOG,
+				(errmsg("batchkit sink \"%s\": delivery of batch " INT64_FORMAT " failed, will retry: %s",
+						s->name, batch.batch_seq, st.message)));
+		return false;
+	}
+	if (summary.rejected > 0 && !s->is_redis)
+	{
+		/* Kafka: retry the whole batch (duplicates keep their idempotency key) until max_attempts */
+		if (s->reject_batch != batch.batch_seq)
+		{
+			s->reject_batch = batch.batch_seq;
+			s->reject_attempts = 0;
+		}
+		s->reject_attempts++;
+		if (s->reject_attempts < Max(s->retry.max_attempts, 1))
+		{
+			fail_sink(s, st.message, summary.rejected);
+			return false;
+		}
+	}
+
+	/* tx 2: dead-letter what was refused for good, acknowledge */
+	bk_slot_set_state(my_slot, "acknowledging", s->name);
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	dead_letter_and_ack(s, &batch, &b, results, &dead);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		for (int i = 0; i < b.nmsgs; i++)
+			lags[i] = (double) (now - b.msgs[i].captured_at) / 1000000.0;
+	}
+	stats_batch(s, b.nmsgs, dead, bytes, seconds, lags, b.nmsgs);
+	if (dead > 0)
+		ereport(WARNING,
+				(errmsg("batchkit sink \"%s\": %llu messages moved to batchkit.dead_letters: %s",
+						s->name, (unsigned long long) dead, st.message)));
+	s->failing = false;
+	s->failures = 0;
+	s->reject_batch = 0;
+	return true;
+}
+
+/* ---- the worker --------------------------------------------------------------------- */
+
+static bool
+extension_present(void)
+{
+	bool		present;
+
+	StartTransactionCommand();
+	present = OidIsValid(get_extension_oid("batchkit", true));
+	CommitTransactionCommand();
+	return present;
+}
+
+static void
+maintain_queue(void)
+{
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_execute("SELECT * FROM batchkit.maintain_queue()", false, 0);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+void
+batchkit_flush_worker_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	TimestampTz last_maintain = 0;
+	TimestampTz last_reload = 0;
+
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("batchkit flush worker");
+
+	/* one worker per database */
+	LWLockAcquire(bk_shared->lock, LW_SHARED);
+	for (int i = 1; i <= bk_shared->max_workers; i++)
+	{
+		if (bk_shared->slots[i].in_use && bk_shared->slots[i].dboid == dboid)
+		{
+			LWLockRelease(bk_shared->lock);
+			proc_exit(0);
+		}
+	}
+	LWLockRelease(bk_shared->lock);
+	my_slot = bk_slot_claim(BK_WORKER_KIND_FLUSH, dboid);
+	if (my_slot == NULL)
+		proc_exit(0);
+	if (!extension_present())
+		proc_exit(0);			/* the launcher tries again later */
+
+	sinks = MemoryContextAllocZero(TopMemoryContext, sizeof(SinkRuntime) * BK_MAX_SINKS_PER_DB);
+	batch_cxt = AllocSetContextCreate(TopMemoryContext, "batchkit batch", ALLOCSET_DEFAULT_SIZES);
+	ereport(LOG, (errmsg("batchkit flush worker started for database \"%s\"",
+						 get_database_name(dboid))));
+
+	for (;;)
+	{
+		int64		wait_ms = bk_naptime_ms;
+		bool		busy = false;
+		TimestampTz now;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		now = GetCurrentTimestamp();
+		if (TimestampDifferenceExceeds(last_reload, now, 200) || last_reload == 0)
+		{
+			if (!extension_present())
+			{
+				ereport(LOG, (errmsg("batchkit flush worker exiting: the extension was dropped")));
+				break;
+			}
+			PG_TRY();
+			{
+				StartTransactionCommand();
+				SPI_connect();
+				PushActiveSnapshot(GetTransactionSnapshot());
+				reload_sinks();
+				SPI_finish();
+				PopActiveSnapshot();
+				CommitTransactionCommand();
+			}
+			PG_CATCH();
+			{
+				EmitErrorReport();
+				FlushErrorState();
+				AbortCurrentTransaction();
+			}
+			PG_END_TRY();
+			last_reload = now;
+		}
+
+		for (int i = 0; i < nsinks; i++)
+		{
+			SinkRuntime *s = &sinks[i];
+			int64		w = -1;
+			bool		force = false;
+			MemoryContext loopcxt = CurrentMemoryContext;
+
+			if (s->slot && pg_atomic_read_u32(&s->slot->flush_requested) > 0)
+				force = true;
+			PG_TRY();
+			{
+				if (deliver_one(s, force, &w))
+					busy = true;
+				else if (force && s->slot)
+					pg_atomic_write_u32(&s->slot->flush_requested, 0);
+			}
+			PG_CATCH();
+			{
+				ErrorData  *edata;
+
+				MemoryContextSwitchTo(loopcxt);
+				edata = CopyErrorData();
+				FlushErrorState();
+				AbortCurrentTransaction();
+				fail_sink(s, edata->message, 0);
+				ereport(WARNING,
+						(errmsg("batchkit sink \"%s\": %s", s->name, edata->message)));
+				FreeErrorData(edata);
+				w = 1;
+			}
+			PG_END_TRY();
+			if (w >= 0 && w < wait_ms)
+				wait_ms = w;
+		}
+		pgstat_report_stat(false);
+
+		now = GetCurrentTimestamp();
+		if (!busy && TimestampDifferenceExceeds(last_maintain, now, BK_MAINTAIN_INTERVAL_MS))
+		{
+			PG_TRY();
+			{
+				maintain_queue();
+			}
+			PG_CATCH();
+			{
+				EmitErrorReport();
+				FlushErrorState();
+				AbortCurrentTransaction();
+			}
+			PG_END_TRY();
+			last_maintain = now;
+		}
+		if (busy)
+			continue;
+		bk_slot_set_state(my_slot, "idle", NULL);
+		pgstat_report_activity(STATE_IDLE, NULL);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(wait_ms, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	for (int i = 0; i < nsinks; i++)
+		close_sink(&sinks[i]);
+	proc_exit(0);
+}
