@@ -63,3 +63,43 @@ TEST(SinkErrors, RedisServerFaultsAreRetryable) {
           "ERR max number of clients reached", "SOMETHINGNEW whatever"})
         EXPECT_EQ(redis_classify_error(e), BK_SEND_RETRYABLE) << e;
 }
+
+namespace {
+
+bk_message to(const char *topic) {
+    bk_message m{};
+    m.target = topic;
+    m.target_len = topic ? std::char_traits<char>::length(topic) : 0;
+    return m;
+}
+
+bk_send_result res(uint8_t code, int32_t partition) {
+    return bk_send_result{code, 0, "", partition, -1};
+}
+
+} // namespace
+
+TEST(SinkKafkaOrder, LaterAcksOnAFailedPartitionAreResent) {
+    bk_message m[6] = {to("a"), to("a"), to("a"), to("b"), to("a"), to(nullptr)};
+    bk_send_result r[6] = {res(BK_SEND_OK, 0),        res(BK_SEND_RETRYABLE, 1),
+                           res(BK_SEND_OK, 1),        res(BK_SEND_OK, 1),
+                           res(BK_SEND_OK, 2),        res(BK_SEND_OK, 1)};
+    bk::kafka_keep_key_order(m, 6, r, "a");
+    EXPECT_EQ(r[0].code, BK_SEND_OK);        // before the failure
+    EXPECT_EQ(r[1].code, BK_SEND_RETRYABLE); // the failure
+    EXPECT_EQ(r[2].code, BK_SEND_RETRYABLE); // same topic+partition, after it
+    EXPECT_NE(std::string(r[2].message).find("per-key order"), std::string::npos);
+    EXPECT_EQ(r[3].code, BK_SEND_OK);        // other topic
+    EXPECT_EQ(r[4].code, BK_SEND_OK);        // other partition
+    EXPECT_EQ(r[5].code, BK_SEND_RETRYABLE); // default topic "a", partition 1
+}
+
+TEST(SinkKafkaOrder, UnknownPartitionTaintsTheTopicAndRejectedTaintsNothing) {
+    bk_message m[4] = {to("a"), to("a"), to("b"), to("b")};
+    bk_send_result r[4] = {res(BK_SEND_RETRYABLE, -1), res(BK_SEND_OK, 3),
+                           res(BK_SEND_REJECTED, 0), res(BK_SEND_OK, 0)};
+    bk::kafka_keep_key_order(m, 4, r, "");
+    EXPECT_EQ(r[1].code, BK_SEND_RETRYABLE);
+    EXPECT_EQ(r[2].code, BK_SEND_REJECTED);
+    EXPECT_EQ(r[3].code, BK_SEND_OK); // a rejected message is dead-lettered, not retried
+}

@@ -249,7 +249,7 @@ void KafkaSink::send_batch(const bk_message *msgs, size_t n, int64_t, bk_send_re
             rd_kafka_poll(rk_, 0); // keep reports flowing during a large batch
     }
     wait_for_reports(deadline);
-    keep_key_order(msgs, n, results);
+    kafka_keep_key_order(msgs, n, results, default_topic_);
 }
 
 void KafkaSink::wait_for_reports(Clock::time_point deadline) {
@@ -283,7 +283,8 @@ void KafkaSink::wait_for_reports(Clock::time_point deadline) {
     }
 }
 
-void KafkaSink::keep_key_order(const bk_message *msgs, size_t n, bk_send_result *results) {
+void kafka_keep_key_order(const bk_message *msgs, size_t n, bk_send_result *results,
+                          const std::string &default_topic) {
     // Once a message fails retryably, a later message of the same partition that
     // was acknowledged must be re-sent too, or the retry would put an older
     // version of a key after a newer one.
@@ -296,7 +297,7 @@ void KafkaSink::keep_key_order(const bk_message *msgs, size_t n, bk_send_result 
     bool any = false;
     for (size_t i = first; i < n; i++) {
         const bk_message &m = msgs[i];
-        std::string t = m.target ? std::string(m.target, m.target_len) : default_topic_;
+        std::string t = m.target ? std::string(m.target, m.target_len) : default_topic;
         bk_send_result &r = results[i];
         if (r.code == BK_SEND_RETRYABLE) {
             tainted.emplace(t, r.partition); // -1 (unknown partition) taints the topic

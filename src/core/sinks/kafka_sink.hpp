@@ -30,6 +30,13 @@ bool kafka_is_batchkit_option(const std::string &key);
 // A delivery error: REJECTED when the message itself is at fault, else RETRYABLE.
 bk_send_code kafka_classify_error(rd_kafka_resp_err_t err);
 
+// Per-key order: once a message failed RETRYABLE, later messages of the batch that
+// Kafka acknowledged on the same partition (the same topic when the failed one has
+// no partition yet) are turned RETRYABLE too, so re-sending the non-OK messages in
+// order never puts an older version of a key after a newer one.
+void kafka_keep_key_order(const bk_message *msgs, size_t n, bk_send_result *results,
+                          const std::string &default_topic);
+
 class KafkaSink final : public Sink {
   public:
     explicit KafkaSink(const Options &opts);
@@ -45,7 +52,6 @@ class KafkaSink final : public Sink {
     rd_kafka_topic_t *topic(const char *name, size_t len);
     void on_delivery(const rd_kafka_message_t *m) noexcept;
     void wait_for_reports(Clock::time_point deadline);
-    void keep_key_order(const bk_message *msgs, size_t n, bk_send_result *results);
 
     static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
     static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
