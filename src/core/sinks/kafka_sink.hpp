@@ -1,0 +1,76 @@
+// kafka_sink.hpp — a batch to Kafka through one librdkafka producer per sink.
+//
+// Threads: librdkafka's threads call only log_cb/error_cb, which touch the
+// LogQueue (mutex) and the atomic fatal_ flag. Delivery reports (dr_cb) run on
+// the worker's thread inside rd_kafka_poll/flush, called from send_batch.
+// Lifetime: send_batch never returns with a message of its batch still inside
+// librdkafka (it waits for the reports, or purges and waits), so the batch's
+// memory may be freed as soon as it returns.
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <librdkafka/rdkafka.h>
+
+#include "sinks/sink_base.hpp"
+
+namespace bk {
+
+// The librdkafka configuration a sink's options produce, defaults included, in
+// the order it is applied. Keys the core uses itself are left out.
+std::vector<std::pair<std::string, std::string>> kafka_effective_config(const Options &opts);
+
+// Options only batchkit uses (never given to rd_kafka_conf_set).
+bool kafka_is_batchkit_option(const std::string &key);
+
+// A delivery error: REJECTED when the message itself is at fault, else RETRYABLE.
+bk_send_code kafka_classify_error(rd_kafka_resp_err_t err);
+
+// Per-key order: once a message failed RETRYABLE, later messages of the batch that
+// Kafka acknowledged on the same partition (the same topic when the failed one has
+// no partition yet) are turned RETRYABLE too, so re-sending the non-OK messages in
+// order never puts an older version of a key after a newer one.
+void kafka_keep_key_order(const bk_message *msgs, size_t n, bk_send_result *results,
+                          const std::string &default_topic);
+
+class KafkaSink final : public Sink {
+  public:
+    explicit KafkaSink(const Options &opts);
+    ~KafkaSink() override;
+
+    void send_batch(const bk_message *msgs, size_t n, int64_t batch_seq, bk_send_result *results,
+                    Clock::time_point deadline, bk_send_summary *summary) override;
+    void probe(Clock::time_point deadline) override;
+
+  private:
+    void create_producer();
+    void destroy_producer() noexcept;
+    rd_kafka_topic_t *topic(const char *name, size_t len);
+    void on_delivery(const rd_kafka_message_t *m) noexcept;
+    void wait_for_reports(Clock::time_point deadline);
+
+    static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
+    static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+    static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque);
+
+    std::vector<std::pair<std::string, std::string>> conf_;
+    std::string default_topic_;
+    bool copy_payloads_;
+    rd_kafka_t *rk_ = nullptr;
+    std::unordered_map<std::string, rd_kafka_topic_t *> topics_;
+    std::string last_topic_name_;
+    rd_kafka_topic_t *last_topic_ = nullptr;
+    std::atomic<bool> fatal_{false};
+
+    // The batch in progress (only touched on the worker's thread).
+    uint32_t gen_ = 0;
+    bk_send_result *cur_results_ = nullptr;
+    size_t cur_n_ = 0;
+    size_t outstanding_ = 0;
+};
+
+} // namespace bk

@@ -1,0 +1,277 @@
+// sink.cpp — the C ABI of batchkit/sink.h over the Sink classes.
+//
+// Every entry point is noexcept via bk::guarded(); results are always fully
+// written, also when a sink throws (they then say RETRYABLE with the reason).
+#include "batchkit/sink.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+#include "sinks/kafka_sink.hpp"
+#include "sinks/redis_sink.hpp"
+#include "sinks/sink_base.hpp"
+#include "util/abi_guard.hpp"
+
+struct bk_sink {
+    std::unique_ptr<bk::Sink> impl;
+};
+
+namespace bk {
+
+void LogQueue::push(int level, std::string_view facility, std::string_view message) noexcept {
+    try {
+        std::lock_guard<std::mutex> g(mu_);
+        if (entries_.size() >= kCapacity) {
+            // The oldest line goes; the next one to be read reports it as dropped.
+            uint64_t lost = 1 + entries_.front().dropped_before;
+            entries_.pop_front();
+            if (entries_.empty())
+                dropped_ += lost;
+            else
+                entries_.front().dropped_before += lost;
+        }
+        entries_.push_back(Entry{level, std::string(facility), std::string(message), dropped_});
+        dropped_ = 0;
+    } catch (...) {
+        // Out of memory while logging: the line is lost, nothing else is.
+    }
+}
+
+bool LogQueue::pop(bk_log_entry *out) noexcept {
+    std::lock_guard<std::mutex> g(mu_);
+    if (entries_.empty())
+        return false;
+    const Entry &e = entries_.front();
+    out->level = e.level;
+    std::snprintf(out->facility, sizeof out->facility, "%s", e.facility.c_str());
+    std::snprintf(out->message, sizeof out->message, "%s", e.message.c_str());
+    out->dropped = e.dropped_before;
+    entries_.pop_front();
+    return true;
+}
+
+Options::Options(const bk_sink_option *opts, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (opts[i].key == nullptr)
+            throw Error(BK_INVALID_ARGUMENT, "sink option with a NULL key");
+        std::string v = opts[i].value ? opts[i].value : "";
+        kv_[opts[i].key] = v;
+        ordered_.emplace_back(opts[i].key, v);
+    }
+}
+
+std::optional<std::string> Options::get(const std::string &key) const {
+    auto it = kv_.find(key);
+    if (it == kv_.end())
+        return std::nullopt;
+    return it->second;
+}
+
+std::string Options::get_or(const std::string &key, const std::string &dflt) const {
+    auto v = get(key);
+    return v ? *v : dflt;
+}
+
+int64_t Options::get_int(const std::string &key, int64_t dflt, int64_t lo, int64_t hi) const {
+    auto v = get(key);
+    if (!v)
+        return dflt;
+    int64_t x = 0;
+    const char *b = v->data(), *e = v->data() + v->size();
+    auto r = std::from_chars(b, e, x);
+    if (r.ec != std::errc() || r.ptr != e || x < lo || x > hi)
+        throw Error(BK_INVALID_ARGUMENT, "option \"" + key + "\" must be an integer between " +
+                                             std::to_string(lo) + " and " + std::to_string(hi) +
+                                             ", not \"" + *v + "\"");
+    return x;
+}
+
+Sink::Sink(const Options &opts)
+    : name_(opts.get_or("name", "")),
+      send_timeout_ms_(static_cast<int>(opts.get_int("send_timeout_ms", 30000, 1, 3600000))) {}
+
+int64_t Sink::read_fence(Clock::time_point) {
+    throw Error(BK_INVALID_ARGUMENT, "this kind of sink has no fence");
+}
+
+const char *Sink::keep_message(std::string_view msg) {
+    if (msg.empty())
+        return "";
+    if (!messages_.empty() && messages_.back() == msg)
+        return messages_.back().c_str();
+    messages_.emplace_back(msg);
+    return messages_.back().c_str();
+}
+
+const char *op_name(uint8_t op) noexcept {
+    switch (op) {
+    case BK_OP_INSERT:
+        return "insert";
+    case BK_OP_UPDATE:
+        return "update";
+    case BK_OP_DELETE:
+        return "delete";
+    default:
+        return "message";
+    }
+}
+
+size_t format_idempotency_key(char *buf, std::string_view name, int64_t seq) noexcept {
+    std::memcpy(buf, name.data(), name.size());
+    char *p = buf + name.size();
+    *p++ = ':';
+    p = std::to_chars(p, p + 21, seq).ptr;
+    return static_cast<size_t>(p - buf);
+}
+
+} // namespace bk
+
+namespace {
+
+void fill_all(bk_send_result *results, size_t n, uint8_t code, const char *msg) noexcept {
+    for (size_t i = 0; i < n; i++)
+        results[i] = bk_send_result{code, -1, msg, -1, -1};
+}
+
+} // namespace
+
+extern "C" {
+
+bk_sink *bk_sink_open(const char *kind, const bk_sink_option *opts, size_t nopts, bk_status *st) {
+    bk_sink *out = nullptr;
+    bk::guarded(st, [&] {
+        if (kind == nullptr)
+            throw bk::Error(BK_INVALID_ARGUMENT, "sink kind is NULL");
+        if (nopts != 0 && opts == nullptr)
+            throw bk::Error(BK_INVALID_ARGUMENT, "sink options are NULL");
+        bk::Options o(opts, nopts);
+        auto s = std::make_unique<bk_sink>();
+        if (std::strcmp(kind, "kafka") == 0)
+            s->impl = std::make_unique<bk::KafkaSink>(o);
+        else if (std::strcmp(kind, "redis") == 0)
+            s->impl = std::make_unique<bk::RedisSink>(o);
+        else
+            throw bk::Error(BK_INVALID_ARGUMENT,
+                            std::string("unknown sink kind \"") + kind + "\" (kafka or redis)");
+        out = s.release();
+    });
+    return out;
+}
+
+void bk_sink_close(bk_sink *sink) {
+    if (sink == nullptr)
+        return;
+    try {
+        delete sink;
+    } catch (...) {
+        // Destructors do not throw; this is belt and braces for the ABI promise.
+    }
+}
+
+bk_code bk_sink_send_batch(bk_sink *sink, const bk_message *msgs, size_t n, int64_t batch_seq,
+                           bk_send_result *results, int timeout_ms, bk_send_summary *summary,
+                           bk_status *st) {
+    if (summary)
+        *summary = bk_send_summary{0, 0, 0, 0, -1};
+    if (results == nullptr && n != 0) {
+        bk::set_status(st, BK_INVALID_ARGUMENT, "bk_sink_send_batch: results is NULL");
+        return BK_INVALID_ARGUMENT;
+    }
+    if (sink == nullptr || sink->impl == nullptr || (msgs == nullptr && n != 0)) {
+        fill_all(results, n, BK_SEND_RETRYABLE, "invalid call: NULL sink or messages");
+        bk::set_status(st, BK_INVALID_ARGUMENT, "bk_sink_send_batch: NULL sink or messages");
+        return BK_INVALID_ARGUMENT;
+    }
+    bk::Sink &s = *sink->impl;
+    s.reset_messages();
+    int t = timeout_ms > 0 ? timeout_ms : s.send_timeout_ms();
+    auto deadline = bk::Clock::now() + std::chrono::milliseconds(t);
+    bk_send_summary sum{0, 0, 0, 0, -1};
+    bk_code rc = bk::guarded(st, [&] {
+        fill_all(results, n, BK_SEND_RETRYABLE, "not sent");
+        s.send_batch(msgs, n, batch_seq, results, deadline, &sum);
+    });
+    if (rc != BK_OK) {
+        // The sink threw: nothing is known to be delivered.
+        const char *why = n ? s.keep_message(st ? st->message : "internal error") : "";
+        fill_all(results, n, BK_SEND_RETRYABLE, why);
+        sum = bk_send_summary{0, n, 0, 0, sum.fence_before};
+        if (summary)
+            *summary = sum;
+        if (rc == BK_REJECTED || rc == BK_INVALID_ARGUMENT)
+            rc = BK_UNAVAILABLE; // results say RETRYABLE: keep the return code consistent
+        if (st)
+            st->code = rc;
+        return rc;
+    }
+    sum.ok = sum.retryable = sum.rejected = 0;
+    const char *first_retryable = nullptr, *first_rejected = nullptr;
+    for (size_t i = 0; i < n; i++) {
+        switch (results[i].code) {
+        case BK_SEND_OK:
+            sum.ok++;
+            break;
+        case BK_SEND_REJECTED:
+            sum.rejected++;
+            if (!first_rejected)
+                first_rejected = results[i].message;
+            break;
+        default:
+            results[i].code = BK_SEND_RETRYABLE;
+            sum.retryable++;
+            if (!first_retryable)
+                first_retryable = results[i].message;
+        }
+    }
+    if (summary)
+        *summary = sum;
+    if (sum.retryable) {
+        bk::set_status(st, BK_UNAVAILABLE, first_retryable);
+        return BK_UNAVAILABLE;
+    }
+    if (sum.rejected) {
+        bk::set_status(st, BK_REJECTED, first_rejected);
+        return BK_REJECTED;
+    }
+    bk_status_clear(st);
+    return BK_OK;
+}
+
+bk_code bk_sink_probe(bk_sink *sink, int timeout_ms, bk_status *st) {
+    return bk::guarded(st, [&] {
+        if (sink == nullptr || sink->impl == nullptr)
+            throw bk::Error(BK_INVALID_ARGUMENT, "bk_sink_probe: NULL sink");
+        int t = timeout_ms > 0 ? timeout_ms : sink->impl->send_timeout_ms();
+        sink->impl->probe(bk::Clock::now() + std::chrono::milliseconds(t));
+    });
+}
+
+bk_code bk_sink_read_fence(bk_sink *sink, int64_t *fence, int timeout_ms, bk_status *st) {
+    return bk::guarded(st, [&] {
+        if (sink == nullptr || sink->impl == nullptr || fence == nullptr)
+            throw bk::Error(BK_INVALID_ARGUMENT, "bk_sink_read_fence: NULL argument");
+        int t = timeout_ms > 0 ? timeout_ms : sink->impl->send_timeout_ms();
+        *fence = sink->impl->read_fence(bk::Clock::now() + std::chrono::milliseconds(t));
+    });
+}
+
+int bk_sink_next_log(bk_sink *sink, bk_log_entry *out) {
+    if (sink == nullptr || sink->impl == nullptr || out == nullptr)
+        return 0;
+    return sink->impl->log().pop(out) ? 1 : 0;
+}
+
+const char *bk_send_code_name(uint8_t code) {
+    switch (code) {
+    case BK_SEND_OK:
+        return "ok";
+    case BK_SEND_REJECTED:
+        return "rejected";
+    default:
+        return "retryable";
+    }
+}
+}

@@ -1,0 +1,97 @@
+// sink_base.hpp — what every sink (Kafka, Redis) is to the C ABI in sink.cpp.
+//
+// Threads: a Sink is driven by one thread at a time (the flush worker's). Only
+// its LogQueue is touched by other threads (librdkafka's), under the queue's own
+// mutex. Lifetime: created by bk_sink_open, destroyed by bk_sink_close; strings
+// handed out in bk_send_result.message live in the Sink until its next call.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "batchkit/sink.h"
+
+namespace bk {
+
+using Clock = std::chrono::steady_clock;
+
+// Bounded, thread-safe queue of log lines; drained by the worker (bk_sink_next_log).
+class LogQueue {
+  public:
+    static constexpr size_t kCapacity = 1024;
+    void push(int level, std::string_view facility, std::string_view message) noexcept;
+    bool pop(bk_log_entry *out) noexcept;
+
+  private:
+    struct Entry {
+        int level;
+        std::string facility, message;
+        uint64_t dropped_before;
+    };
+    std::mutex mu_;
+    std::deque<Entry> entries_;
+    uint64_t dropped_ = 0; // dropped while the queue was empty (capacity 1 only)
+};
+
+// The options given to bk_sink_open, by key (the last value wins).
+class Options {
+  public:
+    Options(const bk_sink_option *opts, size_t n);
+    std::optional<std::string> get(const std::string &key) const;
+    std::string get_or(const std::string &key, const std::string &dflt) const;
+    // Integer option in [lo, hi]; throws BK_INVALID_ARGUMENT naming the option.
+    int64_t get_int(const std::string &key, int64_t dflt, int64_t lo, int64_t hi) const;
+    const std::map<std::string, std::string> &all() const { return kv_; }
+    // Keys in their original order (librdkafka applies them in order).
+    const std::deque<std::pair<std::string, std::string>> &ordered() const { return ordered_; }
+
+  private:
+    std::map<std::string, std::string> kv_;
+    std::deque<std::pair<std::string, std::string>> ordered_;
+};
+
+class Sink {
+  public:
+    explicit Sink(const Options &opts);
+    virtual ~Sink() = default;
+    Sink(const Sink &) = delete;
+    Sink &operator=(const Sink &) = delete;
+
+    // Fills every results[i]; may throw bk::Error for whole-call failures (the
+    // caller then marks all results RETRYABLE).
+    virtual void send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
+                            bk_send_result *results, Clock::time_point deadline,
+                            bk_send_summary *summary) = 0;
+    virtual void probe(Clock::time_point deadline) = 0; // throws BK_UNAVAILABLE
+    virtual int64_t read_fence(Clock::time_point deadline);
+
+    LogQueue &log() noexcept { return log_; }
+    const std::string &name() const noexcept { return name_; }
+    int send_timeout_ms() const noexcept { return send_timeout_ms_; }
+
+    // Result strings that must outlive the call: stored until reset_messages().
+    const char *keep_message(std::string_view msg);
+    void reset_messages() noexcept { messages_.clear(); }
+
+  protected:
+    LogQueue log_;
+    std::string name_;
+    int send_timeout_ms_;
+
+  private:
+    std::deque<std::string> messages_;
+};
+
+// Operation names as they appear in headers and stream fields.
+const char *op_name(uint8_t op) noexcept;
+
+// "<sink name>:<seq>" into buf (>= name.size() + 21 bytes); returns the length.
+size_t format_idempotency_key(char *buf, std::string_view name, int64_t seq) noexcept;
+
+} // namespace bk
