@@ -36,6 +36,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type_d.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -55,6 +56,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "batchkit/core.h"
 #include "batchkit/encoding.h"
 #include "batchkit/flush_policy.h"
 #include "batchkit/sink.h"
@@ -446,7 +448,7 @@ next_field(BatchBuild *b)
 	{
 		b->maxfields = b->maxfields ? b->maxfields * 2 : 1024;
 		b->fields = b->fields ? repalloc(b->fields, sizeof(PendingField) * b->maxfields)
-			: palloc(sizeof(PendingField) * b->maxfields);
+			: MemoryContextAlloc(batch_cxt, sizeof(PendingField) * b->maxfields);
 	}
 	return &b->fields[b->nfields++];
 }
@@ -532,7 +534,7 @@ collect_message(BkMessage *m, void *arg)
 	{
 		b->maxmsgs = b->maxmsgs ? b->maxmsgs * 2 : 1024;
 		b->msgs = b->msgs ? repalloc(b->msgs, sizeof(PendingMsg) * b->maxmsgs)
-			: palloc(sizeof(PendingMsg) * b->maxmsgs);
+			: MemoryContextAlloc(batch_cxt, sizeof(PendingMsg) * b->maxmsgs);
 	}
 	p = &b->msgs[b->nmsgs++];
 	memset(p, 0, sizeof(*p));
@@ -1017,8 +1019,10 @@ batchkit_flush_worker_main(Datum main_arg)
 
 	sinks = MemoryContextAllocZero(TopMemoryContext, sizeof(SinkRuntime) * BK_MAX_SINKS_PER_DB);
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "batchkit batch", ALLOCSET_DEFAULT_SIZES);
+	StartTransactionCommand();
 	ereport(LOG, (errmsg("batchkit flush worker started for database \"%s\"",
 						 get_database_name(dboid))));
+	CommitTransactionCommand();
 
 	for (;;)
 	{
