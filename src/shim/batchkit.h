@@ -86,6 +86,8 @@ typedef struct BkShared {
     int max_sinks;
     uint64 launcher_starts;    /* how many times a launcher has started */
     uint64 recheck_generation; /* bumped to make the launcher retry every database now */
+    Oid evicted_dboid;         /* a database whose worker was asked to leave (utility_hook.c) */
+    TimestampTz evicted_at;
     BkSinkSlot *sinks;         /* max_sinks entries, after the worker slots */
     BkWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } BkShared;
@@ -126,6 +128,9 @@ extern int32 bk_lookup_sink_id(const char *name, bool missing_ok);
 extern void bk_register_launcher(void);
 extern void bk_wake_launcher(void);
 PGDLLEXPORT void batchkit_launcher_main(Datum main_arg);
+
+/* utility_hook.c */
+extern void bk_install_utility_hook(void);
 
 /* flush_worker.c */
 PGDLLEXPORT void batchkit_flush_worker_main(Datum main_arg);

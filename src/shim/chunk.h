@@ -134,6 +134,13 @@ typedef struct BkChunkReader
 	/* lazily built decoding descriptors (blessed: usable by row_to_json) */
 	TupleDesc	emit_desc;
 	TupleDesc	key_desc;
+	/* fast JSON rendering of built-in types (chunk.c); NULL until first use */
+	struct BkAttOut *attout;
+	bool		fast_emit;		/* every emitted column has a fast renderer */
+	bool		fast_key;
+	HeapTupleHeader deformed;	/* tuple whose values are in values/nulls */
+	Datum	   *values;
+	bool	   *nulls;
 	int			nkeys;
 	int			key_attno;		/* the only key attribute, when nkeys == 1 */
 } BkChunkReader;

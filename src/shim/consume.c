@@ -250,7 +250,7 @@ op_name(char op)
 /* Encode one row record into m->key / m->value. */
 static void
 encode_row(BkChunkReader *r, BkChunkRecordView *rec, BkMessage *m, int format,
-		   const char *txid, const char *ts)
+		   const char *txid, const char *ts, const char *r_source_json)
 {
 	HeapTupleHeader keytup = rec->after ? rec->after : rec->before;
 	bool		include_before = (r->hdr->flags & BK_CHUNK_FLAG_INCLUDE_BEFORE) != 0;
@@ -266,16 +266,28 @@ encode_row(BkChunkReader *r, BkChunkRecordView *rec, BkMessage *m, int format,
 			bk_chunk_row_json(r, rec->after, false, &m->value);
 		return;
 	}
-	appendStringInfo(&m->value, "{\"op\":\"%s\",\"table\":", op_name(rec->op));
-	escape_json(&m->value, m->source);
+	appendStringInfoString(&m->value, "{\"op\":\"");
+	appendStringInfoString(&m->value, op_name(rec->op));
+	appendStringInfoString(&m->value, "\",\"table\":");
+	appendStringInfoString(&m->value, r_source_json);
 	appendStringInfoString(&m->value, ",\"key\":");
 	bk_chunk_row_json(r, keytup, true, &m->value);
 	appendStringInfoString(&m->value, ",\"before\":");
 	append_json_or_null(&m->value, r, include_before ? rec->before : NULL);
 	appendStringInfoString(&m->value, ",\"after\":");
 	append_json_or_null(&m->value, r, rec->after);
-	appendStringInfo(&m->value, ",\"txid\":%s,\"seq\":" INT64_FORMAT ",\"ts\":\"%s\"}",
-					 txid, m->seq, ts);
+	{
+		char		num[MAXINT8LEN + 1];
+
+		appendStringInfoString(&m->value, ",\"txid\":");
+		appendStringInfoString(&m->value, txid);
+		appendStringInfoString(&m->value, ",\"seq\":");
+		pg_lltoa(m->seq, num);
+		appendStringInfoString(&m->value, num);
+		appendStringInfoString(&m->value, ",\"ts\":\"");
+		appendStringInfoString(&m->value, ts);
+		appendStringInfoString(&m->value, "\"}");
+	}
 }
 
 void
@@ -314,6 +326,7 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 		TimestampTz captured;
 		char		ts[MAXDATELEN + 1];
 		char	   *source;
+		char	   *source_json = NULL;
 		int32		start,
 					end;
 		MemoryContext old;
@@ -345,6 +358,14 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 		bk_chunk_open(&reader, data, len);
 		source = reader.hdr->kind == BK_CHUNK_KIND_ROWS ?
 			psprintf("%s.%s", reader.schema, reader.table) : NULL;
+		if (source)
+		{
+			StringInfoData sj;
+
+			initStringInfo(&sj);
+			escape_json(&sj, source);
+			source_json = sj.data;
+		}
 		while (bk_chunk_next(&reader, &rec))
 		{
 			BkMessage	m;
@@ -376,7 +397,7 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 				m.targetlen = rec.targetlen;
 			}
 			else
-				encode_row(&reader, &rec, &m, format, txid, ts);
+				encode_row(&reader, &rec, &m, format, txid, ts, source_json);
 			cb(&m, arg);
 			pfree(m.key.data);
 			pfree(m.value.data);

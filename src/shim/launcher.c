@@ -128,6 +128,7 @@ check_databases(bool force)
 	ListCell   *lc;
 	TimestampTz now = GetCurrentTimestamp();
 	int			free_slots = 0;
+	MemoryContext outer = CurrentMemoryContext;
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -138,7 +139,13 @@ check_databases(bool force)
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
 		if (db->datallowconn && !db->datistemplate && db->datconnlimit != -2)
+		{
+			/* the list must outlive the transaction */
+			MemoryContext old = MemoryContextSwitchTo(outer);
+
 			dbs = lappend_oid(dbs, db->oid);
+			MemoryContextSwitchTo(old);
+		}
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
@@ -159,6 +166,14 @@ check_databases(bool force)
 
 		if (worker_running_for(dboid))
 			continue;
+		LWLockAcquire(bk_shared->lock, LW_SHARED);
+		if (bk_shared->evicted_dboid == dboid &&
+			!TimestampDifferenceExceeds(bk_shared->evicted_at, now, 30 * 1000))
+		{
+			LWLockRelease(bk_shared->lock);
+			continue;
+		}
+		LWLockRelease(bk_shared->lock);
 		st = hash_search(db_states, &dboid, HASH_ENTER, &found);
 		if (found && !force &&
 			!TimestampDifferenceExceeds(st->last_start, now, BK_RECHECK_SECS * 1000))

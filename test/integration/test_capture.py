@@ -352,12 +352,13 @@ def test_roles_writers_need_no_queue_grant_and_non_admins_cannot_manage(db, serv
     make_sink(db, "roles")
     new_table(db, "t_roles")
     q(db, "SELECT batchkit.capture('t_roles', 'roles')")
-    for r in ("bk_writer", "bk_admin_member"):
-        q(db, f"DROP ROLE IF EXISTS {r}")
-    q(db, "CREATE ROLE bk_writer LOGIN")
-    q(db, "CREATE ROLE bk_admin_member LOGIN IN ROLE batchkit_admin")
-    q(db, "GRANT INSERT, UPDATE, DELETE, SELECT ON t_roles TO bk_writer")
-    w = connect(services, db.info.dbname, user="bk_writer")
+    import uuid
+    sfx = uuid.uuid4().hex[:6]
+    writer, admin = f"bk_writer_{sfx}", f"bk_admin_{sfx}"
+    q(db, f"CREATE ROLE {writer} LOGIN")
+    q(db, f"CREATE ROLE {admin} LOGIN IN ROLE batchkit_admin")
+    q(db, f"GRANT INSERT, UPDATE, DELETE, SELECT ON t_roles TO {writer}")
+    w = connect(services, db.info.dbname, user=writer)
     try:
         q(w, "INSERT INTO t_roles (id) VALUES (1), (2)")
         q(w, "UPDATE t_roles SET name = 'w'")
@@ -376,7 +377,7 @@ def test_roles_writers_need_no_queue_grant_and_non_admins_cannot_manage(db, serv
     got = [(m["op"], m["key"]["id"]) for m in messages(drain(db, "roles"))]
     assert got == [("insert", 1), ("insert", 2), ("update", 1), ("update", 2), ("delete", 2)]
     # an admin member may capture tables it can read, and use the outbox
-    a = connect(services, db.info.dbname, user="bk_admin_member")
+    a = connect(services, db.info.dbname, user=admin)
     try:
         q(db, "DROP TABLE IF EXISTS t_private; CREATE TABLE t_private (id int PRIMARY KEY)")
         with pytest.raises(psycopg2.Error) as err:
