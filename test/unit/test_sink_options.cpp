@@ -31,10 +31,18 @@ struct In {
     bk_json_type type;
 };
 
-In S(const std::string &k, const std::string &v) { return {k, v, BK_JSON_STRING}; }
-In N(const std::string &k, const std::string &v) { return {k, v, BK_JSON_NUMBER}; }
-In B(const std::string &k, bool v) { return {k, v ? "true" : "false", BK_JSON_BOOLEAN}; }
-In Null(const std::string &k) { return {k, "", BK_JSON_NULL}; }
+In S(const std::string &k, const std::string &v) {
+    return {k, v, BK_JSON_STRING};
+}
+In N(const std::string &k, const std::string &v) {
+    return {k, v, BK_JSON_NUMBER};
+}
+In B(const std::string &k, bool v) {
+    return {k, v ? "true" : "false", BK_JSON_BOOLEAN};
+}
+In Null(const std::string &k) {
+    return {k, "", BK_JSON_NULL};
+}
 
 struct Opt {
     std::string value, shown;
@@ -82,7 +90,7 @@ Result validate(const char *kind, const std::vector<In> &in) {
     for (size_t i = 0; i < bk_sink_config_count(cfg); i++) {
         bk_sink_option o;
         EXPECT_EQ(bk_sink_config_get(cfg, i, &o), 1);
-        r.opts[o.key] = {o.value,  o.shown,          o.type,     o.secret != 0,
+        r.opts[o.key] = {o.value,           o.shown,  o.type,     o.secret != 0,
                          o.is_default != 0, o.origin, o.privilege};
         r.order.push_back(o.key);
     }
@@ -172,11 +180,10 @@ TEST(CommonOptions, DefaultsAreDocumented) {
     Result r = validate("redis", redis({}));
     ASSERT_TRUE(r.ok()) << r.message;
     const std::map<std::string, std::string> defaults = {
-        {"batch_size", "10000"},       {"max_wait_ms", "5"},
-        {"max_batch_bytes", "16777216"}, {"max_queue", "0"},
-        {"on_full", "error"},          {"on_full_timeout_ms", "5000"},
-        {"max_attempts", "10"},        {"retry_backoff_ms", "100"},
-        {"retry_backoff_max_ms", "30000"}, {"format", "envelope"}};
+        {"batch_size", "10000"}, {"max_wait_ms", "5"},        {"max_batch_bytes", "16777216"},
+        {"max_queue", "0"},      {"on_full", "error"},        {"on_full_timeout_ms", "5000"},
+        {"max_attempts", "10"},  {"retry_backoff_ms", "100"}, {"retry_backoff_max_ms", "30000"},
+        {"format", "envelope"}};
     for (const auto &[k, v] : defaults) {
         EXPECT_EQ(r.at(k).value, v) << k;
         EXPECT_TRUE(r.at(k).is_default) << k;
@@ -235,7 +242,8 @@ TEST(CommonOptions, RangesAreEnforcedAtTheirBounds) {
 
 TEST(CommonOptions, MessagesNameOptionRangeAndUnit) {
     Result r = validate("redis", redis({N("batch_size", "0")}));
-    EXPECT_EQ(r.message, "option \"batch_size\" must be an integer from 1 to 1000000 (rows), not 0");
+    EXPECT_EQ(r.message,
+              "option \"batch_size\" must be an integer from 1 to 1000000 (rows), not 0");
     r = validate("redis", redis({N("max_batch_bytes", "5")}));
     EXPECT_EQ(r.message, "option \"max_batch_bytes\" must be an integer from 1024 to 1073741824 "
                          "(bytes, 1 KiB to 1 GiB), not 5");
@@ -268,8 +276,8 @@ TEST(CommonOptions, ChoicesAreCaseInsensitiveAndNormalized) {
 }
 
 TEST(CommonOptions, CrossChecks) {
-    Result r = validate("redis", redis({N("retry_backoff_ms", "5000"),
-                                        N("retry_backoff_max_ms", "1000")}));
+    Result r = validate("redis",
+                        redis({N("retry_backoff_ms", "5000"), N("retry_backoff_max_ms", "1000")}));
     EXPECT_EQ(r.message, "option \"retry_backoff_max_ms\" (1000) must not be less than "
                          "\"retry_backoff_ms\" (5000)");
     // the default cap (30000) applies when only the base is given
@@ -311,9 +319,9 @@ TEST(KafkaOptions, BootstrapServersIsRequired) {
 }
 
 TEST(KafkaOptions, PropertiesGoThroughLibrdkafka) {
-    Result r = validate("kafka", kafka({S("compression.type", "zstd"), N("linger.ms", "20"),
-                                        B("enable.idempotence", false), S("acks", "1"),
-                                        S("client.id", "orders")}));
+    Result r = validate(
+        "kafka", kafka({S("compression.type", "zstd"), N("linger.ms", "20"),
+                        B("enable.idempotence", false), S("acks", "1"), S("client.id", "orders")}));
     ASSERT_TRUE(r.ok()) << r.message;
     EXPECT_EQ(r.at("linger.ms").value, "20");
     EXPECT_EQ(r.at("linger.ms").type, BK_JSON_NUMBER);
@@ -385,15 +393,15 @@ TEST(KafkaOptions, TransactionalIdIsRefused) {
 }
 
 TEST(KafkaOptions, SecretsAreClassifiedAndMasked) {
-    Result r = validate("kafka", kafka({S("sasl.username", "alice"), S("sasl.password", "pw1"),
-                                        S("ssl.key.password", "pw2"),
-                                        S("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
-                                        S("ssl.keystore.password", "pw4"),
-                                        S("sasl.oauthbearer.config", "principal=x"),
-                                        S("ssl.certificate.pem", "public cert")}));
+    Result r = validate(
+        "kafka",
+        kafka({S("sasl.username", "alice"), S("sasl.password", "pw1"), S("ssl.key.password", "pw2"),
+               S("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"), S("ssl.keystore.password", "pw4"),
+               S("sasl.oauthbearer.config", "principal=x"),
+               S("ssl.certificate.pem", "public cert")}));
     ASSERT_TRUE(r.ok()) << r.message;
-    for (const char *k : {"sasl.password", "ssl.key.password", "ssl.key.pem", "ssl.keystore.password",
-                          "sasl.oauthbearer.config"}) {
+    for (const char *k : {"sasl.password", "ssl.key.password", "ssl.key.pem",
+                          "ssl.keystore.password", "sasl.oauthbearer.config"}) {
         EXPECT_TRUE(r.at(k).secret) << k;
         EXPECT_EQ(r.at(k).shown, "***") << k;
         EXPECT_NE(r.at(k).value, "***") << k;
@@ -406,10 +414,10 @@ TEST(KafkaOptions, SecretsAreClassifiedAndMasked) {
 }
 
 TEST(SecretKeys, TheRuleCoversPasswordsSecretsTokensAndKeyMaterial) {
-    for (const char *k : {"sasl.password", "ssl.key.password", "ssl.keystore.password",
-                          "sasl.oauthbearer.client.secret", "ssl.key.pem", "ssl_key",
-                          "sasl.oauthbearer.config", "some.api.token", "Client.Credentials",
-                          "private.thing", "db.passwd"})
+    for (const char *k :
+         {"sasl.password", "ssl.key.password", "ssl.keystore.password",
+          "sasl.oauthbearer.client.secret", "ssl.key.pem", "ssl_key", "sasl.oauthbearer.config",
+          "some.api.token", "Client.Credentials", "private.thing", "db.passwd"})
         EXPECT_TRUE(bk::options::is_secret_key(k)) << k;
     for (const char *k : {"sasl.username", "ssl.certificate.pem", "ssl.ca.pem", "ssl.key.location",
                           "bootstrap.servers", "key", "url", "topic", "partitioner"})
@@ -422,17 +430,18 @@ TEST(KafkaOptions, PropertiesTheBuildLacksAreRefusedWithLibrdkafkaMessage) {
     if (r.ok()) {
         EXPECT_TRUE(r.at("sasl.oauthbearer.client.secret").secret);
     } else {
-        EXPECT_EQ(r.message, "invalid value for librdkafka property \"sasl.oauthbearer.client.secret\"");
+        EXPECT_EQ(r.message,
+                  "invalid value for librdkafka property \"sasl.oauthbearer.client.secret\"");
         EXPECT_TRUE(contains(r.detail, "not supported in this build")) << r.detail;
         EXPECT_FALSE(contains(r.detail, "s3cret"));
     }
 }
 
 TEST(KafkaOptions, PrivilegedPropertiesAreClassified) {
-    Result r = validate("kafka", kafka({S("ssl.ca.location", "/etc/ssl/ca.pem"),
-                                        S("sasl.kerberos.kinit.cmd", "kinit"),
-                                        S("plugin.library.paths", ""),
-                                        S("sasl.kerberos.keytab", "/k")}));
+    Result r =
+        validate("kafka", kafka({S("ssl.ca.location", "/etc/ssl/ca.pem"),
+                                 S("sasl.kerberos.kinit.cmd", "kinit"),
+                                 S("plugin.library.paths", ""), S("sasl.kerberos.keytab", "/k")}));
     ASSERT_TRUE(r.ok()) << r.message;
     EXPECT_EQ(r.at("ssl.ca.location").privilege, BK_PRIV_READ_SERVER_FILES);
     EXPECT_EQ(r.at("sasl.kerberos.keytab").privilege, BK_PRIV_READ_SERVER_FILES);
@@ -563,11 +572,17 @@ TEST(RedisOptions, TlsIsRefusedClearly) {
 }
 
 TEST(RedisOptions, BadUrlsNeverEchoThePassword) {
-    const char *bad[] = {"redis://u:hunter2@h:99999/0", "redis://u:hunter2@h:6379/x",
-                         "redis://u:hunter2@h:6379/0?timeout=1", "redis://u:hunter2%zz@h",
-                         "redis://u:hunter2@", "redis://u:hunter2@h/us/er",
-                         "redis://u:hunter2@[::1/0", "http://u:hunter2@h",
-                         "redis://u:hunter2@ho st", "unix://u:hunter2@/p?x=1", "hunter2",
+    const char *bad[] = {"redis://u:hunter2@h:99999/0",
+                         "redis://u:hunter2@h:6379/x",
+                         "redis://u:hunter2@h:6379/0?timeout=1",
+                         "redis://u:hunter2%zz@h",
+                         "redis://u:hunter2@",
+                         "redis://u:hunter2@h/us/er",
+                         "redis://u:hunter2@[::1/0",
+                         "http://u:hunter2@h",
+                         "redis://u:hunter2@ho st",
+                         "unix://u:hunter2@/p?x=1",
+                         "hunter2",
                          "unix://u:hunter2@host/p"};
     for (const char *u : bad) {
         Result r = validate("redis", {S("url", u)});
@@ -781,13 +796,14 @@ TEST(NetProbe, GivesUpAtTheDeadline) {
     bk_status st;
     auto t0 = std::chrono::steady_clock::now();
     bk_code rc = bk_net_probe("127.0.0.1", l.port, nullptr, 300, &st);
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                  std::chrono::steady_clock::now() - t0)
-                  .count();
+    auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+            .count();
     for (int c : fill)
         ::close(c);
     EXPECT_EQ(rc, BK_UNAVAILABLE);
-    EXPECT_TRUE(contains(st.message, "timed out") || contains(st.message, "no answer within 300 ms"))
+    EXPECT_TRUE(contains(st.message, "timed out") ||
+                contains(st.message, "no answer within 300 ms"))
         << st.message;
     EXPECT_GE(ms, 250);
     EXPECT_LT(ms, 1000);

@@ -124,8 +124,8 @@ void probe_tcp(const std::string &host, int port, Clock::time_point deadline, bk
     }
     if (rc != 0) {
         code = BK_UNAVAILABLE;
-        msg = "could not resolve host \"" + host + "\": " +
-              (rc == EAI_SYSTEM ? errno_text(errno) : std::string(::gai_strerror(rc)));
+        msg = "could not resolve host \"" + host +
+              "\": " + (rc == EAI_SYSTEM ? errno_text(errno) : std::string(::gai_strerror(rc)));
         return;
     }
     std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, ::freeaddrinfo);

@@ -43,7 +43,8 @@ class ScratchConf {
 
     rd_kafka_conf_res_t set(const std::string &key, const std::string &value, std::string &err) {
         char buf[512] = "";
-        rd_kafka_conf_res_t res = rd_kafka_conf_set(conf_, key.c_str(), value.c_str(), buf, sizeof buf);
+        rd_kafka_conf_res_t res =
+            rd_kafka_conf_set(conf_, key.c_str(), value.c_str(), buf, sizeof buf);
         err = buf;
         while (!err.empty() && (err.back() == '\n' || err.back() == ' '))
             err.pop_back();
@@ -86,8 +87,8 @@ std::string scrub(std::string msg, const std::string &secret) {
 Endpoint first_bootstrap_server(const std::string &key, const std::string &list) {
     size_t start = list.find_first_not_of(" \t,");
     if (start == std::string::npos)
-        throw OptionError("option \"" + key + "\" must name at least one broker",
-                          "", "For example {\"bootstrap.servers\": \"broker1:9092,broker2:9092\"}.");
+        throw OptionError("option \"" + key + "\" must name at least one broker", "",
+                          "For example {\"bootstrap.servers\": \"broker1:9092,broker2:9092\"}.");
     size_t end = list.find_first_of(" \t,", start);
     std::string server = list.substr(start, end == std::string::npos ? end : end - start);
     size_t scheme = server.find("://");
@@ -167,10 +168,10 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
                               "\" must be a string, number or boolean, not " + describe_value(r));
         // librdkafka loads plugins as soon as plugin.library.paths is set: never
         // do that here (it needs superuser, and takes effect in the worker).
-        rd_kafka_conf_res_t res = r.key == "plugin.library.paths"
-                                      ? (r.type == BK_JSON_STRING ? RD_KAFKA_CONF_OK
-                                                                  : RD_KAFKA_CONF_INVALID)
-                                      : conf.set(r.key, r.value, err);
+        rd_kafka_conf_res_t res =
+            r.key == "plugin.library.paths"
+                ? (r.type == BK_JSON_STRING ? RD_KAFKA_CONF_OK : RD_KAFKA_CONF_INVALID)
+                : conf.set(r.key, r.value, err);
         if (r.key == "plugin.library.paths" && res != RD_KAFKA_CONF_OK)
             err = "plugin.library.paths is a list of library paths (a string)";
         if (res == RD_KAFKA_CONF_UNKNOWN) {
@@ -224,7 +225,8 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
                               "Use \"" + a->key + "\": \"all\". " + fix);
         if (const Option *r = given("retries", "message.send.max.retries");
             r && conf.get("retries") == "0")
-            throw OptionError("option \"" + r->key + "\" = 0 conflicts with enable.idempotence = true",
+            throw OptionError("option \"" + r->key +
+                                  "\" = 0 conflicts with enable.idempotence = true",
                               "The idempotent producer must be able to retry.", fix);
         if (const Option *m = given("max.in.flight", "max.in.flight.requests.per.connection");
             m && std::stol(conf.get("max.in.flight")) > 5)

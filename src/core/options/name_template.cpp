@@ -13,11 +13,13 @@ constexpr size_t kKafkaTopicMax = 249; // Kafka's own limit on topic names
 constexpr size_t kColumnNameMax = 63;  // NAMEDATALEN - 1
 
 bool kafka_topic_char(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
 }
 
-std::string at(size_t pos) { return " at position " + std::to_string(pos + 1); }
+std::string at(size_t pos) {
+    return " at position " + std::to_string(pos + 1);
+}
 
 const char *placeholders_hint(TemplateFlavor f) {
     return f == TemplateFlavor::KafkaTopic

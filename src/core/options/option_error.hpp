@@ -13,8 +13,7 @@ namespace bk::options {
 
 class OptionError : public bk::Error {
   public:
-    explicit OptionError(const std::string &message, std::string detail = {},
-                         std::string hint = {})
+    explicit OptionError(const std::string &message, std::string detail = {}, std::string hint = {})
         : bk::Error(BK_INVALID_ARGUMENT, message), detail_(std::move(detail)),
           hint_(std::move(hint)) {}
     const std::string &detail() const noexcept { return detail_; }

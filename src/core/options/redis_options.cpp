@@ -16,8 +16,8 @@ namespace bk::options {
 
 namespace {
 
-constexpr int64_t kMaxLenMax = 1000000000000;  // entries
-constexpr int64_t kTtlMsMax = 1000000000000;   // ~31 years
+constexpr int64_t kMaxLenMax = 1000000000000; // entries
+constexpr int64_t kTtlMsMax = 1000000000000;  // ~31 years
 
 std::vector<std::string> redis_option_names() {
     std::vector<std::string> v(kCommonOptionNames, kCommonOptionNames + kCommonOptionCount);
@@ -60,10 +60,10 @@ void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
             e.host = u.host;
             e.port = u.port;
             e.unix_path = u.path;
-            e.display = u.is_unix ? u.path
-                                  : (u.host.find(':') != std::string::npos ? "[" + u.host + "]"
-                                                                           : u.host) +
-                                        ":" + std::to_string(u.port);
+            e.display =
+                u.is_unix ? u.path
+                          : (u.host.find(':') != std::string::npos ? "[" + u.host + "]" : u.host) +
+                                ":" + std::to_string(u.port);
             cfg.endpoint = e;
             has_url = true;
         } else if (r.key == "command") {
@@ -80,10 +80,11 @@ void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
             cfg.add(check_integer(r, 1, kTtlMsMax, "milliseconds"));
             has_ttl = true;
         } else {
-            unknown_option("redis", r.key, redis_option_names(), "",
-                           r.key.find('.') != std::string::npos
-                               ? "Dotted keys are librdkafka properties: only kafka sinks take them."
-                               : "");
+            unknown_option(
+                "redis", r.key, redis_option_names(), "",
+                r.key.find('.') != std::string::npos
+                    ? "Dotted keys are librdkafka properties: only kafka sinks take them."
+                    : "");
         }
     }
 
@@ -93,14 +94,16 @@ void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
     if (has_maxlen && command != "xadd")
         only_for("maxlen", "xadd", command, "maxlen caps a stream's length (XADD ... MAXLEN ~ n).");
     if (has_ttl && command != "set")
-        only_for("ttl_ms", "set", command, "ttl_ms sets an expiry on each key written (SET ... PX n).");
+        only_for("ttl_ms", "set", command,
+                 "ttl_ms sets an expiry on each key written (SET ... PX n).");
 
     const bool per_row_command = command == "set" || command == "hset";
     if (key_raw != nullptr) {
         auto parts = parse_name_template(key_raw->value, TemplateFlavor::RedisKey, "key");
         if (per_row_command && !template_is_per_row(parts))
             throw OptionError("option \"key\" must contain {key} or a column placeholder for "
-                              "command \"" + command + "\"",
+                              "command \"" +
+                                  command + "\"",
                               "set and hset write one Redis key per row: a key without a row "
                               "placeholder would make every row overwrite the same key.",
                               "For example \"{schema}.{table}:{key}\" (the default) or "

@@ -179,8 +179,8 @@ RedisUrl parse_redis_url(std::string_view url) {
         u.host = std::string(h);
     }
     if (!portpart.empty()) {
-        if (!all_digits(portpart) || portpart.size() > 5 ||
-            std::stoi(std::string(portpart)) < 1 || std::stoi(std::string(portpart)) > 65535)
+        if (!all_digits(portpart) || portpart.size() > 5 || std::stoi(std::string(portpart)) < 1 ||
+            std::stoi(std::string(portpart)) > 65535)
             bad("the port is not a number from 1 to 65535");
         u.port = std::stoi(std::string(portpart));
     }

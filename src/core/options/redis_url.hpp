@@ -17,15 +17,15 @@ namespace bk::options {
 
 struct RedisUrl {
     bool is_unix = false;
-    std::string host;      // TCP: name or address (IPv6 without brackets)
-    int port = 6379;       // TCP
-    std::string path;      // Unix socket path
+    std::string host; // TCP: name or address (IPv6 without brackets)
+    int port = 6379;  // TCP
+    std::string path; // Unix socket path
     int64_t db = 0;
     bool has_user = false; // userinfo present (possibly with an empty user)
     std::string user;      // decoded
     bool has_password = false;
-    std::string password;  // decoded
-    std::string raw_user;  // as written (still percent-encoded)
+    std::string password; // decoded
+    std::string raw_user; // as written (still percent-encoded)
     std::string raw_password;
 
     // Canonical form, with default port and db spelled out; the password is

@@ -44,8 +44,8 @@ bool is_secret_key(std::string_view key) {
 bk_option_privilege librdkafka_privilege(std::string_view key) {
     // Loads code into the backend (plugins, OpenSSL engines and providers) or
     // writes files (the consumer's legacy file offset store).
-    if (key == "plugin.library.paths" || key == "ssl.engine.location" ||
-        key == "ssl.providers" || key == "offset.store.path")
+    if (key == "plugin.library.paths" || key == "ssl.engine.location" || key == "ssl.providers" ||
+        key == "offset.store.path")
         return BK_PRIV_SUPERUSER;
     if (key == "sasl.kerberos.kinit.cmd")
         return BK_PRIV_EXECUTE_SERVER_PROGRAM;

@@ -36,7 +36,12 @@ const std::vector<CommonSpec> &common_specs() {
     static const std::vector<CommonSpec> specs = {
         {"batch_size", CommonType::Integer, 1, 1000000, {}, "10000", "rows"},
         {"max_wait_ms", CommonType::Integer, 0, 3600000, {}, "5", "milliseconds"},
-        {"max_batch_bytes", CommonType::Integer, 1024, 1073741824, {}, "16777216",
+        {"max_batch_bytes",
+         CommonType::Integer,
+         1024,
+         1073741824,
+         {},
+         "16777216",
          "bytes, 1 KiB to 1 GiB"},
         {"max_queue", CommonType::Integer, 0, 1000000000000, {}, "0", "rows, 0 = unlimited"},
         {"on_full", CommonType::Choice, 0, 0, {"error", "wait"}, "error", nullptr},
@@ -84,8 +89,8 @@ size_t edit_distance(std::string_view a, std::string_view b) {
     for (size_t i = 1; i <= a.size(); i++) {
         cur[0] = i;
         for (size_t j = 1; j <= b.size(); j++)
-            cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1,
-                               prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            cur[j] = std::min(
+                {prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
         std::swap(prev, cur);
     }
     return prev[b.size()];
@@ -104,8 +109,10 @@ std::string join_quoted(const std::vector<const char *> &v, const char *last_sep
 } // namespace
 
 const char *const kCommonOptionNames[] = {
-    "batch_size",   "max_wait_ms",      "max_batch_bytes",      "max_queue", "on_full",
-    "on_full_timeout_ms", "max_attempts", "retry_backoff_ms", "retry_backoff_max_ms", "format"};
+    "batch_size",   "max_wait_ms",      "max_batch_bytes",
+    "max_queue",    "on_full",          "on_full_timeout_ms",
+    "max_attempts", "retry_backoff_ms", "retry_backoff_max_ms",
+    "format"};
 const size_t kCommonOptionCount = sizeof kCommonOptionNames / sizeof kCommonOptionNames[0];
 
 const Option *SinkConfig::find(std::string_view key) const {
@@ -153,10 +160,10 @@ Option check_integer(const RawOption &raw, int64_t min, int64_t max, const char 
     const std::string msg = "option \"" + raw.key + "\" must be " + allowed + ", not ";
     if (raw.type != BK_JSON_NUMBER) {
         int64_t ignored;
-        std::string hint = raw.type == BK_JSON_STRING && parse_int64(raw.value, ignored)
-                               ? "Write it as a JSON number: {\"" + raw.key + "\": " + raw.value +
-                                     "}."
-                               : "";
+        std::string hint =
+            raw.type == BK_JSON_STRING && parse_int64(raw.value, ignored)
+                ? "Write it as a JSON number: {\"" + raw.key + "\": " + raw.value + "}."
+                : "";
         throw OptionError(msg + describe_value(raw), "", hint);
     }
     int64_t v = 0;
@@ -220,7 +227,9 @@ const std::string &require_string(const RawOption &raw, const char *what) {
     throw OptionError("unknown option \"" + key + "\" for a " + kind + " sink", extra_detail, hint);
 }
 
-bool is_common_option(std::string_view key) { return find_common(key) != nullptr; }
+bool is_common_option(std::string_view key) {
+    return find_common(key) != nullptr;
+}
 
 Option check_common_option(const RawOption &raw) {
     const CommonSpec *s = find_common(raw.key);
@@ -384,7 +393,9 @@ int bk_sink_config_endpoint(const bk_sink_config *cfg, bk_sink_endpoint *out) {
     return 1;
 }
 
-void bk_sink_config_free(bk_sink_config *cfg) { delete cfg; }
+void bk_sink_config_free(bk_sink_config *cfg) {
+    delete cfg;
+}
 
 bk_option_privilege bk_sink_option_privilege(const char *kind, const char *key) {
     if (kind == nullptr || key == nullptr)
