@@ -93,7 +93,7 @@ CREATE FUNCTION batchkit._sink_config(sink_id integer,
     OUT librdkafka boolean)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'batchkit_sink_config'
-    LANGUAGE C STABLE STRICT
+    LANGUAGE C VOLATILE STRICT
     SET search_path = pg_catalog, pg_temp;
 REVOKE ALL ON FUNCTION batchkit._sink_config(integer) FROM PUBLIC;
 

@@ -288,7 +288,6 @@ batchkit_create_sink(PG_FUNCTION_ARGS)
     BkAsOwner   as;
     int32       sink_id;
     bool        isnull;
-    MemoryContext caller_cxt = CurrentMemoryContext;
 
     bk_require_sink_admin(caller, "create sinks");
     if (bk_sink_name_check(name, &st) != BK_OK)
@@ -323,8 +322,6 @@ batchkit_create_sink(PG_FUNCTION_ARGS)
     }
     SPI_finish();
     bk_restore_caller(&as);
-    Assert(CurrentMemoryContext == caller_cxt);
-    (void) caller_cxt;
 
     bk_notify_workers(name);
     bk_probe_and_warn(name, "created", validated);
