@@ -12,7 +12,7 @@ SELECT batchkit.create_sink('events', 'kafka',
       "compression.type": "zstd", "linger.ms": 20, "sasl.username": "svc",
       "sasl.password": "hunter2", "ssl.key.password": "k3y", "ssl.key.pem": "-----BEGIN..."}') > 0
     AS created;
-SELECT batchkit.create_sink('plain', 'redis', '{"url": "redis://127.0.0.1:1"}') > 0 AS created;
+SELECT batchkit.create_sink('plain', 'redis', '{"url": "redis://127.0.0.1:1", "command": "xadd"}') > 0 AS created;
 -- options as given (normalized), every secret shown as ***
 SELECT name, kind, options, paused, created_at = updated_at AS untouched
   FROM batchkit.sinks ORDER BY name;
@@ -29,13 +29,13 @@ SELECT * FROM batchkit._sink_config(999999);
 \echo :LAST_ERROR_SQLSTATE
 
 -- ---------------------------------------------------------------- names, kinds, arguments
-SELECT batchkit.create_sink('cache', 'redis', '{"url": "redis://127.0.0.1:1"}');
+SELECT batchkit.create_sink('cache', 'redis', '{"url": "redis://127.0.0.1:1", "command": "xadd"}');
 \echo :LAST_ERROR_SQLSTATE
-SELECT batchkit.create_sink('', 'redis', '{"url": "redis://127.0.0.1:1"}');
-SELECT batchkit.create_sink('has space', 'redis', '{"url": "redis://127.0.0.1:1"}');
+SELECT batchkit.create_sink('', 'redis', '{"url": "redis://127.0.0.1:1", "command": "xadd"}');
+SELECT batchkit.create_sink('has space', 'redis', '{"url": "redis://127.0.0.1:1", "command": "xadd"}');
 \echo :LAST_ERROR_SQLSTATE
-SELECT batchkit.create_sink(repeat('n', 64), 'redis', '{"url": "redis://127.0.0.1:1"}');
-SELECT batchkit.create_sink(repeat('n', 63), 'redis', '{"url": "redis://127.0.0.1:1"}') > 0
+SELECT batchkit.create_sink(repeat('n', 64), 'redis', '{"url": "redis://127.0.0.1:1", "command": "xadd"}');
+SELECT batchkit.create_sink(repeat('n', 63), 'redis', '{"url": "redis://127.0.0.1:1", "command": "xadd"}') > 0
     AS created_63_bytes;
 SELECT batchkit.create_sink(NULL, 'redis', '{}');
 SELECT batchkit.create_sink('x', NULL, '{}');
@@ -47,22 +47,22 @@ SELECT batchkit.create_sink('x', 'redis', '"redis://h"');
 SELECT batchkit.create_sink('x', 'redis');  -- options default to {}: the url is missing
 
 -- ---------------------------------------------------------------- common options
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "batch_size": 0}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "batch_size": 0}');
 \echo :LAST_ERROR_SQLSTATE
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "batch_size": 1000001}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "batch_size": "500"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "batch_size": 2.5}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "max_wait_ms": -1}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "max_batch_bytes": 1023}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "max_queue": 1000000000001}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "max_attempts": 0}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "retry_backoff_ms": 0}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "on_full": "block"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "format": true}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "on_full_timeout_ms": 100}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "batch_size": 1000001}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "batch_size": "500"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "batch_size": 2.5}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "max_wait_ms": -1}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "max_batch_bytes": 1023}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "max_queue": 1000000000001}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "max_attempts": 0}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "retry_backoff_ms": 0}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "on_full": "block"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "format": true}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "on_full_timeout_ms": 100}');
 SELECT batchkit.create_sink('x', 'redis',
-    '{"url": "redis://h", "retry_backoff_ms": 5000, "retry_backoff_max_ms": 1000}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "batch_sise": 5}');
+    '{"url": "redis://h", "command": "xadd", "retry_backoff_ms": 5000, "retry_backoff_max_ms": 1000}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "batch_sise": 5}');
 
 -- ---------------------------------------------------------------- kafka options
 SELECT batchkit.create_sink('x', 'kafka', '{"topic": "t"}');
@@ -87,18 +87,20 @@ SELECT key, value, is_default FROM batchkit._sink_config(
 
 -- ---------------------------------------------------------------- redis options
 SELECT batchkit.create_sink('x', 'redis', '{"command": "xadd"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "rediss://h:6380/0"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://u:pw@h:99999/0"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://u:pw@h/zero"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "memcached://h"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": 6379}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "hset"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "rediss://h:6380/0", "command": "xadd"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://u:pw@h:99999/0", "command": "xadd"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://u:pw@h/zero", "command": "xadd"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "memcached://h", "command": "xadd"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": 6379, "command": "xadd"}');
 SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "zadd"}');
 SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "lpush", "maxlen": 10}');
 SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "hset", "ttl_ms": 10}');
 SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "set", "key": "users"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "key": "orders:{region"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "compression.type": "lz4"}');
-SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "topic": "t"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "key": "orders:{region"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "compression.type": "lz4"}');
+SELECT batchkit.create_sink('x', 'redis', '{"url": "redis://h", "command": "xadd", "topic": "t"}');
 -- none of the failed calls left anything behind
 SELECT count(*) AS sinks, (SELECT count(*) FROM batchkit.sink_secret) AS secrets
   FROM batchkit.sink;
@@ -106,7 +108,7 @@ SELECT count(*) AS sinks, (SELECT count(*) FROM batchkit.sink_secret) AS secrets
 -- ---------------------------------------------------------------- alter: merge and remove
 SELECT batchkit.alter_sink('cache', '{"batch_size": 1000, "max_wait_ms": 50}');
 SELECT options FROM batchkit.sinks WHERE name = 'cache';
-SELECT batchkit.alter_sink('cache', '{"max_wait_ms": null, "key": null}');  -- null removes
+SELECT batchkit.alter_sink('cache', '{"max_wait_ms": null, "batch_size": null}');  -- null removes
 SELECT options FROM batchkit.sinks WHERE name = 'cache';
 -- passing back what the view shows keeps the secret
 SELECT batchkit.alter_sink('cache', (SELECT options FROM batchkit.sinks WHERE name = 'cache'));
@@ -158,14 +160,15 @@ SELECT batchkit.pause_sink(NULL);
 
 -- ---------------------------------------------------------------- reachability warnings
 RESET client_min_messages;
-SELECT batchkit.create_sink('down', 'redis', '{"url": "redis://127.0.0.1:1/0"}') > 0 AS created;
-SELECT batchkit.create_sink('nosock', 'redis', '{"url": "unix:///nonexistent/redis.sock"}') > 0
-    AS created;
+SELECT batchkit.create_sink('down', 'redis',
+    '{"url": "redis://127.0.0.1:1/0", "command": "xadd"}') > 0 AS created;
+SELECT batchkit.create_sink('nosock', 'redis',
+    '{"url": "unix:///nonexistent/redis.sock", "command": "xadd"}') > 0 AS created;
 SELECT batchkit.alter_sink('down', '{"batch_size": 10}');
 SELECT batchkit.create_sink('kdown', 'kafka', '{"bootstrap.servers": "127.0.0.1:1,127.0.0.1:2"}') > 0
     AS created;
 -- a reachable server gives no warning: this very server's Unix socket
-SELECT format('{"url": "unix://%s/.s.PGSQL.%s"}',
+SELECT format('{"url": "unix://%s/.s.PGSQL.%s", "command": "xadd"}',
               split_part(current_setting('unix_socket_directories'), ',', 1),
               current_setting('port')) AS self_url \gset
 SELECT batchkit.create_sink('self', 'redis', :'self_url') > 0 AS created;
@@ -212,7 +215,7 @@ CREATE ROLE bk_regress_monitor IN ROLE pg_monitor;
 CREATE ROLE bk_regress_files IN ROLE batchkit_admin, pg_read_server_files;
 -- a role without batchkit_admin can neither manage sinks nor read them
 SET ROLE bk_regress_plain;
-SELECT batchkit.create_sink('p', 'redis', '{"url": "redis://127.0.0.1:1"}');
+SELECT batchkit.create_sink('p', 'redis', '{"url": "redis://127.0.0.1:1", "command": "xadd"}');
 \echo :LAST_ERROR_SQLSTATE
 SELECT batchkit.alter_sink('events', '{"batch_size": 1}');
 SELECT batchkit.pause_sink('events');

@@ -62,7 +62,7 @@ typedef enum bk_option_privilege {
     BK_PRIV_SUPERUSER = 3               /* loads code into the server, or writes files */
 } bk_option_privilege;
 
-typedef struct bk_sink_option {
+typedef struct bk_sink_option_out {
     const char *key;
     const char *value; /* normalized, in the clear (secrets included) */
     bk_json_type type; /* BK_JSON_STRING, _NUMBER or _BOOLEAN: how value is stored */
@@ -73,7 +73,7 @@ typedef struct bk_sink_option {
     int is_default; /* 1: not given by the user; filled in from batchkit's defaults */
     bk_option_origin origin;
     bk_option_privilege privilege;
-} bk_sink_option;
+} bk_sink_option_out;
 
 /* Optional second and third lines of an error (Postgres's DETAIL and HINT). */
 typedef struct bk_sink_diag {
@@ -108,7 +108,7 @@ bk_code bk_sink_config_validate(const char *kind, const bk_sink_option_in *opts,
 /* The options, user-given and defaults, sorted by key. */
 size_t bk_sink_config_count(const bk_sink_config *cfg);
 /* Fills *out with option i; returns 0 when i is out of range. */
-int bk_sink_config_get(const bk_sink_config *cfg, size_t i, bk_sink_option *out);
+int bk_sink_config_get(const bk_sink_config *cfg, size_t i, bk_sink_option_out *out);
 /* The endpoint to probe; returns 0 when there is none. */
 int bk_sink_config_endpoint(const bk_sink_config *cfg, bk_sink_endpoint *out);
 void bk_sink_config_free(bk_sink_config *cfg);

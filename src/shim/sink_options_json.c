@@ -150,7 +150,7 @@ bk_sink_options_validate(const char *kind, Jsonb *options)
         r->opts = palloc0(sizeof(BkSinkOpt) * (r->n + 1));
         for (int i = 0; i < r->n; i++)
         {
-            bk_sink_option o;
+            bk_sink_option_out o;
 
             if (!bk_sink_config_get(cfg, (size_t) i, &o))
                 elog(ERROR, "batchkit core lost sink option %d", i);

@@ -109,7 +109,8 @@ def test_role_without_batchkit_admin_cannot_manage_or_read(db, as_role):
     plain = as_role("plain")
     before = catalog_snapshot(db)
     calls = [
-        ("SELECT batchkit.create_sink('p1', 'redis', '{\"url\": \"redis://127.0.0.1:1\"}')",
+        ("SELECT batchkit.create_sink('p1', 'redis', "
+         "'{\"url\": \"redis://127.0.0.1:1\", \"command\": \"xadd\"}')",
          "permission denied to create sinks"),
         ("SELECT batchkit.alter_sink('priv_target', '{\"batch_size\": 1}')",
          "permission denied to alter sinks"),
@@ -135,7 +136,8 @@ def test_admin_member_manages_but_never_reads_secrets(db, as_role, listener):
     create_sink(admin, "adm_k", "kafka",
                 {"bootstrap.servers": f"127.0.0.1:{listener}", "sasl.username": "svc",
                  "sasl.password": "adm1n-pw", "ssl.key.pem": "-----BEGIN PRIVATE KEY-----"})
-    create_sink(admin, "adm_r", "redis", {"url": f"redis://app:r3dis-pw@127.0.0.1:{listener}/1"})
+    create_sink(admin, "adm_r", "redis", {"url": f"redis://app:r3dis-pw@127.0.0.1:{listener}/1",
+                                         "command": "xadd"})
     q1(admin, "SELECT batchkit.alter_sink('adm_k', '{\"linger.ms\": 7}')")
     q1(admin, "SELECT batchkit.pause_sink('adm_k')")
     q1(admin, "SELECT batchkit.resume_sink('adm_k')")
@@ -189,7 +191,7 @@ def test_monitor_reads_view_without_secrets(db, as_role):
 def test_unreachable_server_gives_a_warning_not_an_error(db):
     port = closed_port()
     db.notices.clear()
-    create_sink(db, "down_r", "redis", {"url": f"redis://127.0.0.1:{port}/0"})
+    create_sink(db, "down_r", "redis", {"url": f"redis://127.0.0.1:{port}/0", "command": "xadd"})
     warnings = [n for n in db.notices if n.startswith("WARNING")]
     assert len(warnings) == 1, db.notices
     assert (f'sink "down_r" created, but its Redis server 127.0.0.1:{port} cannot be reached: '
@@ -211,7 +213,8 @@ def test_unreachable_server_gives_a_warning_not_an_error(db):
 def test_unresolvable_host_warns_within_the_deadline(db):
     db.notices.clear()
     t0 = time.monotonic()
-    create_sink(db, "nohost", "redis", {"url": "redis://no-such-host.invalid:6379/0"})
+    create_sink(db, "nohost", "redis", {"url": "redis://no-such-host.invalid:6379/0",
+                                    "command": "xadd"})
     elapsed = time.monotonic() - t0
     assert elapsed < 3.0
     assert any("no-such-host.invalid:6379 cannot be reached" in n for n in db.notices), db.notices
@@ -233,12 +236,14 @@ def test_reachable_servers_give_no_warning(db, services, listener):
 
 def test_bad_options_change_nothing(db):
     create_sink(db, "stable", "redis", {"url": "redis://u:stable-pw@127.0.0.1:1/0",
-                                        "command": "set", "ttl_ms": 1000, "batch_size": 10})
+                                        "command": "set", "key": "t:{id}", "ttl_ms": 1000,
+                                        "batch_size": 10})
     before = catalog_snapshot(db)
     bad = [
         ("SELECT batchkit.create_sink('stable2', 'redis', '{\"url\": \"redis://h\", "
-         "\"batch_size\": 0}')", "must be an integer from 1 to 1000000"),
-        ("SELECT batchkit.create_sink('stable', 'redis', '{\"url\": \"redis://h\"}')",
+         "\"command\": \"xadd\", \"batch_size\": 0}')", "must be an integer from 1 to 1000000"),
+        ("SELECT batchkit.create_sink('stable', 'redis', '{\"url\": \"redis://h\", "
+         "\"command\": \"xadd\"}')",
          'sink "stable" already exists'),
         ("SELECT batchkit.create_sink('st able', 'redis', '{\"url\": \"redis://h\"}')",
          "may contain only ASCII letters"),
@@ -249,6 +254,8 @@ def test_bad_options_change_nothing(db):
         ("SELECT batchkit.alter_sink('stable', '{\"url\": \"rediss://h\"}')", "TLS not supported"),
         ("SELECT batchkit.alter_sink('stable', '{\"batch_size\": \"10\"}')", "not the string"),
         ("SELECT batchkit.alter_sink('stable', '{\"url\": null}')", 'needs option "url"'),
+        ("SELECT batchkit.alter_sink('stable', '{\"key\": null}')",
+         'needs option "key" with a column placeholder'),
         ("SELECT batchkit.alter_sink('nope', '{}')", 'sink "nope" does not exist'),
         ("SELECT batchkit.pause_sink('nope')", 'sink "nope" does not exist'),
         ("SELECT batchkit.drop_sink('nope')", 'sink "nope" does not exist'),
@@ -266,12 +273,13 @@ def test_concurrent_create_of_one_name_gives_duplicate_error(db, services, dbnam
     first = connect(services, dbname, autocommit=False)
     second = connect(services, dbname)
     try:
-        create_sink(first, "racy", "redis", {"url": "redis://127.0.0.1:1"})
+        create_sink(first, "racy", "redis", {"url": "redis://127.0.0.1:1", "command": "xadd"})
         result = {}
 
         def run():
             try:
-                create_sink(second, "racy", "redis", {"url": "redis://127.0.0.1:1"})
+                create_sink(second, "racy", "redis",
+                            {"url": "redis://127.0.0.1:1", "command": "xadd"})
                 result["ok"] = True
             except psycopg2.Error as e:
                 result["err"] = e
@@ -309,7 +317,7 @@ def test_workers_are_notified_at_commit_of_every_change(db, services, dbname):
                     deadline = min(deadline, time.time() + 0.3)
         return got
 
-    create_sink(db, "noisy", "redis", {"url": "redis://127.0.0.1:1"})
+    create_sink(db, "noisy", "redis", {"url": "redis://127.0.0.1:1", "command": "xadd"})
     assert payloads() == ["noisy"]
     for call in ("alter_sink('noisy', '{\"batch_size\": 3}')", "pause_sink('noisy')",
                  "resume_sink('noisy')", "drop_sink('noisy')"):
@@ -319,7 +327,7 @@ def test_workers_are_notified_at_commit_of_every_change(db, services, dbname):
     with pytest.raises(psycopg2.Error):
         q1(db, "SELECT batchkit.create_sink('noisy', 'redis', '{\"url\": 1}')")
     tx = connect(services, dbname, autocommit=False)
-    create_sink(tx, "ghost", "redis", {"url": "redis://127.0.0.1:1"})
+    create_sink(tx, "ghost", "redis", {"url": "redis://127.0.0.1:1", "command": "xadd"})
     tx.rollback()
     tx.close()
     assert payloads(1.0) == []
@@ -364,7 +372,8 @@ def test_pg_dump_keeps_the_catalog_and_restores_it(db, services, dbname):
                    "(SELECT sink_id FROM batchkit.sinks WHERE name = %s)) ORDER BY key")
             assert qall(rc, cfg, (name,)) == qall(db, cfg, (name,))
         # the sequence came along: a new sink gets a fresh id
-        new_id = create_sink(rc, "after_restore", "redis", {"url": "redis://127.0.0.1:1"})
+        new_id = create_sink(rc, "after_restore", "redis",
+                             {"url": "redis://127.0.0.1:1", "command": "xadd"})
         assert new_id > max(r[0] for r in qall(db, "SELECT sink_id FROM batchkit.sink"))
         rc.close()
     finally:

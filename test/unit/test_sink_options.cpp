@@ -88,13 +88,13 @@ Result validate(const char *kind, const std::vector<In> &in) {
         return r;
     }
     for (size_t i = 0; i < bk_sink_config_count(cfg); i++) {
-        bk_sink_option o;
+        bk_sink_option_out o;
         EXPECT_EQ(bk_sink_config_get(cfg, i, &o), 1);
         r.opts[o.key] = {o.value,           o.shown,  o.type,     o.secret != 0,
                          o.is_default != 0, o.origin, o.privilege};
         r.order.push_back(o.key);
     }
-    bk_sink_option past;
+    bk_sink_option_out past;
     EXPECT_EQ(bk_sink_config_get(cfg, bk_sink_config_count(cfg), &past), 0);
     bk_sink_endpoint ep;
     if (bk_sink_config_endpoint(cfg, &ep)) {
@@ -116,7 +116,13 @@ std::vector<In> kafka(std::vector<In> more) {
     more.insert(more.begin(), kBroker);
     return more;
 }
+// A valid Redis sink (url, command xadd unless `more` names one) plus `more`.
 std::vector<In> redis(std::vector<In> more) {
+    bool has_command = false;
+    for (const auto &m : more)
+        has_command = has_command || m.key == "command";
+    if (!has_command)
+        more.insert(more.begin(), S("command", "xadd"));
     more.insert(more.begin(), kRedis);
     return more;
 }
@@ -180,10 +186,10 @@ TEST(CommonOptions, DefaultsAreDocumented) {
     Result r = validate("redis", redis({}));
     ASSERT_TRUE(r.ok()) << r.message;
     const std::map<std::string, std::string> defaults = {
-        {"batch_size", "10000"}, {"max_wait_ms", "5"},        {"max_batch_bytes", "16777216"},
-        {"max_queue", "0"},      {"on_full", "error"},        {"on_full_timeout_ms", "5000"},
-        {"max_attempts", "10"},  {"retry_backoff_ms", "100"}, {"retry_backoff_max_ms", "30000"},
-        {"format", "envelope"}};
+        {"batch_size", "10000"}, {"max_wait_ms", "10"},       {"max_batch_bytes", "16777216"},
+        {"max_queue", "0"},      {"on_full", "error"},        {"on_full_timeout_ms", "10000"},
+        {"max_attempts", "5"},   {"retry_backoff_ms", "100"}, {"retry_backoff_max_ms", "30000"},
+        {"format", "envelope"},  {"send_timeout_ms", "30000"}};
     for (const auto &[k, v] : defaults) {
         EXPECT_EQ(r.at(k).value, v) << k;
         EXPECT_TRUE(r.at(k).is_default) << k;
@@ -387,6 +393,24 @@ TEST(KafkaOptions, IdempotenceConflictsAreCaughtAtCreateTime) {
     EXPECT_TRUE(r.ok()) << r.message;
 }
 
+TEST(KafkaOptions, WorkerOptions) {
+    Result r =
+        validate("kafka", kafka({S("outbox_target", "app.outbox"), B("copy_payloads", false)}));
+    ASSERT_TRUE(r.ok()) << r.message;
+    EXPECT_EQ(r.at("outbox_target").value, "app.outbox");
+    EXPECT_EQ(r.at("copy_payloads").value, "false");
+    EXPECT_EQ(r.at("copy_payloads").origin, BK_OPT_BATCHKIT);
+    r = validate("kafka", kafka({}));
+    EXPECT_EQ(r.at("copy_payloads").value, "true");
+    EXPECT_TRUE(r.at("copy_payloads").is_default);
+    r = validate("kafka", kafka({S("outbox_target", "{schema}.outbox")}));
+    EXPECT_EQ(r.message, "option \"outbox_target\" is a topic name, not a template");
+    r = validate("kafka", kafka({S("outbox_target", "a b")}));
+    EXPECT_EQ(r.code, BK_INVALID_ARGUMENT);
+    r = validate("kafka", kafka({S("copy_payloads", "no")}));
+    EXPECT_EQ(r.message, "option \"copy_payloads\" must be true or false, not the string \"no\"");
+}
+
 TEST(KafkaOptions, TransactionalIdIsRefused) {
     Result r = validate("kafka", kafka({S("transactional.id", "x")}));
     EXPECT_EQ(r.message, "option \"transactional.id\" is not supported");
@@ -519,13 +543,15 @@ TEST(KafkaOptions, TopicTemplateIsValidated) {
 // ---------------------------------------------------------------- redis
 
 TEST(RedisOptions, DefaultsAndEndpoint) {
-    Result r = validate("redis", {S("url", "redis://cache.internal")});
+    Result r = validate("redis", {S("url", "redis://cache.internal"), S("command", "XADD")});
     ASSERT_TRUE(r.ok()) << r.message;
     EXPECT_EQ(r.at("url").value, "redis://cache.internal:6379/0");
     EXPECT_FALSE(r.at("url").secret);
     EXPECT_EQ(r.at("command").value, "xadd");
-    EXPECT_TRUE(r.at("command").is_default);
-    EXPECT_EQ(r.at("key").value, "{schema}.{table}");
+    EXPECT_EQ(r.at("key").value, "batchkit:{sink}");
+    EXPECT_TRUE(r.at("key").is_default);
+    EXPECT_EQ(r.at("connect_timeout_ms").value, "2000");
+    EXPECT_FALSE(r.has("outbox_target")); // the worker's default is the sink's name
     EXPECT_FALSE(r.has("maxlen"));
     EXPECT_FALSE(r.has("ttl_ms"));
     EXPECT_EQ(r.ep_what, "Redis server");
@@ -534,32 +560,49 @@ TEST(RedisOptions, DefaultsAndEndpoint) {
     EXPECT_EQ(r.ep_display, "cache.internal:6379");
 }
 
-TEST(RedisOptions, UrlIsRequired) {
-    Result r = validate("redis", {S("command", "set")});
+TEST(RedisOptions, UrlAndCommandAreRequired) {
+    Result r = validate("redis", {S("command", "xadd")});
     EXPECT_EQ(r.message, "a redis sink needs option \"url\"");
+    r = validate("redis", {kRedis});
+    EXPECT_EQ(r.message, "a redis sink needs option \"command\"");
+    EXPECT_TRUE(contains(r.detail, "hset")) << r.detail;
+}
+
+TEST(RedisOptions, WorkerOptions) {
+    Result r = validate("redis",
+                        redis({N("connect_timeout_ms", "500"), S("outbox_target", "app:outbox")}));
+    ASSERT_TRUE(r.ok()) << r.message;
+    EXPECT_EQ(r.at("connect_timeout_ms").value, "500");
+    EXPECT_EQ(r.at("outbox_target").value, "app:outbox");
+    r = validate("redis", redis({N("connect_timeout_ms", "0")}));
+    EXPECT_EQ(r.code, BK_INVALID_ARGUMENT);
+    r = validate("redis", redis({S("outbox_target", "")}));
+    EXPECT_EQ(r.message, "option \"outbox_target\" must not be empty");
 }
 
 TEST(RedisOptions, PasswordInUrlIsASecretShownMasked) {
-    Result r = validate("redis", {S("url", "redis://app:s3cr%40t@10.0.0.5:6380/2")});
+    Result r =
+        validate("redis", {S("url", "redis://app:s3cr%40t@10.0.0.5:6380/2"), S("command", "xadd")});
     ASSERT_TRUE(r.ok()) << r.message;
     EXPECT_TRUE(r.at("url").secret);
     EXPECT_EQ(r.at("url").shown, "redis://app:***@10.0.0.5:6380/2");
     EXPECT_EQ(r.at("url").value, "redis://app:s3cr%40t@10.0.0.5:6380/2");
-    r = validate("redis", {S("url", "redis://:pw@h")});
+    r = validate("redis", {S("url", "redis://:pw@h"), S("command", "xadd")});
     EXPECT_EQ(r.at("url").shown, "redis://:***@h:6379/0");
-    r = validate("redis", {S("url", "redis://bob@h/3")});
+    r = validate("redis", {S("url", "redis://bob@h/3"), S("command", "xadd")});
     EXPECT_FALSE(r.at("url").secret);
     EXPECT_EQ(r.at("url").shown, "redis://bob@h:6379/3");
 }
 
 TEST(RedisOptions, UnixSocketUrls) {
-    Result r = validate("redis", {S("url", "unix:///run/redis/redis.sock?db=3")});
+    Result r =
+        validate("redis", {S("url", "unix:///run/redis/redis.sock?db=3"), S("command", "xadd")});
     ASSERT_TRUE(r.ok()) << r.message;
     EXPECT_EQ(r.at("url").value, "unix:///run/redis/redis.sock?db=3");
     EXPECT_EQ(r.ep_unix, "/run/redis/redis.sock");
     EXPECT_EQ(r.ep_host, "");
     EXPECT_EQ(r.ep_port, 0);
-    r = validate("redis", {S("url", "unix://:pw@/tmp/r.sock")});
+    r = validate("redis", {S("url", "unix://:pw@/tmp/r.sock"), S("command", "xadd")});
     ASSERT_TRUE(r.ok()) << r.message;
     EXPECT_EQ(r.at("url").shown, "unix://:***@/tmp/r.sock");
     EXPECT_TRUE(r.at("url").secret);
@@ -594,19 +637,19 @@ TEST(RedisOptions, BadUrlsNeverEchoThePassword) {
 
 TEST(RedisOptions, CommandsAndTheOptionsThatApplyToThem) {
     for (const char *c : {"xadd", "lpush", "rpush", "publish", "set", "hset"}) {
-        Result r = validate("redis", redis({S("command", c)}));
+        Result r = validate("redis", redis({S("command", c), S("key", "t:{id}")}));
         EXPECT_TRUE(r.ok()) << c << ": " << r.message;
     }
     Result r = validate("redis", redis({S("command", "zadd")}));
     EXPECT_EQ(r.message, "option \"command\" must be \"xadd\", \"lpush\", \"rpush\", \"publish\", "
                          "\"set\" or \"hset\", not \"zadd\"");
     r = validate("redis", redis({N("maxlen", "1000")}));
-    EXPECT_TRUE(r.ok()) << r.message; // xadd is the default command
+    EXPECT_TRUE(r.ok()) << r.message; // with xadd
     r = validate("redis", redis({S("command", "lpush"), N("maxlen", "1000")}));
     EXPECT_EQ(r.message, "option \"maxlen\" applies only to command \"xadd\", not \"lpush\"");
-    r = validate("redis", redis({S("command", "set"), N("ttl_ms", "60000")}));
+    r = validate("redis", redis({S("command", "set"), S("key", "t:{id}"), N("ttl_ms", "60000")}));
     EXPECT_TRUE(r.ok()) << r.message;
-    r = validate("redis", redis({S("command", "hset"), N("ttl_ms", "60000")}));
+    r = validate("redis", redis({S("command", "hset"), S("key", "t:{id}"), N("ttl_ms", "60000")}));
     EXPECT_EQ(r.message, "option \"ttl_ms\" applies only to command \"set\", not \"hset\"");
     r = validate("redis", redis({N("maxlen", "0")}));
     EXPECT_EQ(r.message, "option \"maxlen\" must be an integer from 1 to 1000000000000 (stream "
@@ -615,13 +658,14 @@ TEST(RedisOptions, CommandsAndTheOptionsThatApplyToThem) {
 
 TEST(RedisOptions, KeyTemplates) {
     Result r = validate("redis", redis({S("command", "set")}));
-    EXPECT_EQ(r.at("key").value, "{schema}.{table}:{key}");
-    EXPECT_TRUE(r.at("key").is_default);
+    EXPECT_EQ(r.message,
+              "a redis sink with command \"set\" needs option \"key\" with a column placeholder");
     r = validate("redis", redis({S("command", "set"), S("key", "users:{id}")}));
     EXPECT_TRUE(r.ok()) << r.message;
     r = validate("redis", redis({S("command", "hset"), S("key", "users")}));
-    EXPECT_EQ(r.message,
-              "option \"key\" must contain {key} or a column placeholder for command \"hset\"");
+    EXPECT_EQ(r.message, "option \"key\" must contain a column placeholder for command \"hset\"");
+    r = validate("redis", redis({S("command", "hset"), S("key", "{schema}.{table}")}));
+    EXPECT_EQ(r.code, BK_INVALID_ARGUMENT);
     r = validate("redis", redis({S("key", "orders:{region")}));
     EXPECT_EQ(r.message, "option \"key\": unclosed '{' at position 8");
     r = validate("redis", redis({S("key", "a}b")}));
@@ -633,8 +677,9 @@ TEST(RedisOptions, KeyTemplates) {
 TEST(RedisOptions, UnknownOptionsAreNamedWithTheValidOnes) {
     Result r = validate("redis", redis({N("ttl", "5")}));
     EXPECT_EQ(r.message, "unknown option \"ttl\" for a redis sink");
-    EXPECT_TRUE(contains(r.hint, "Valid options for a redis sink: batch_size, command, format, "
-                                 "key, max_attempts"))
+    EXPECT_TRUE(contains(r.hint, "Did you mean \"ttl_ms\"? Valid options for a redis sink: "
+                                 "batch_size, command, connect_timeout_ms, format, key, "
+                                 "max_attempts"))
         << r.hint;
     EXPECT_TRUE(contains(r.hint, "ttl_ms")) << r.hint;
     r = validate("redis", redis({S("compression.type", "lz4")}));
@@ -648,19 +693,18 @@ TEST(RedisOptions, UnknownOptionsAreNamedWithTheValidOnes) {
 namespace o = bk::options;
 
 TEST(NameTemplate, ParsesAndRenders) {
-    auto parts = o::parse_name_template("{{app}}:{schema}.{table}:{key}:{id}:{sink}",
+    auto parts = o::parse_name_template("{{app}}:{schema}.{table}:{id}:{sink}:{gone}",
                                         o::TemplateFlavor::RedisKey, "key");
     o::TemplateValues v;
     v.schema = "public";
     v.table = "users";
     v.sink = "cache";
-    v.key = "42";
     v.column = [](std::string_view c) -> std::optional<std::string> {
         if (c == "id")
             return std::string("42");
         return std::nullopt;
     };
-    EXPECT_EQ(o::render_template(parts, v), "{app}:public.users:42:42:cache");
+    EXPECT_EQ(o::render_template(parts, v), "{app}:public.users:42:cache:");
     EXPECT_TRUE(o::template_is_per_row(parts));
     auto topic = o::parse_name_template("{schema}.{table}", o::TemplateFlavor::KafkaTopic, "topic");
     EXPECT_FALSE(o::template_is_per_row(topic));

@@ -66,6 +66,7 @@ std::vector<std::string> kafka_option_names() {
     std::vector<std::string> v(kCommonOptionNames, kCommonOptionNames + kCommonOptionCount);
     v.push_back("topic");
     v.push_back("partitioner");
+    v.push_back("copy_payloads");
     std::sort(v.begin(), v.end());
     return v;
 }
@@ -155,6 +156,29 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
             cfg.add(std::move(o));
             continue;
         }
+        if (r.key == "outbox_target") {
+            const std::string &v = require_string(r, "the topic of enqueue()d messages");
+            auto parts = parse_name_template(v, TemplateFlavor::KafkaTopic, "outbox_target");
+            if (parts.size() != 1 || parts[0].kind != TemplatePartKind::Literal)
+                throw OptionError("option \"outbox_target\" is a topic name, not a template",
+                                  "enqueue()d messages have no schema or table.");
+            Option o;
+            o.key = r.key;
+            o.value = o.shown = v;
+            cfg.add(std::move(o));
+            continue;
+        }
+        if (r.key == "copy_payloads") {
+            if (r.type != BK_JSON_BOOLEAN)
+                throw OptionError("option \"copy_payloads\" must be true or false, not " +
+                                  describe_value(r));
+            Option o;
+            o.key = r.key;
+            o.value = o.shown = r.value;
+            o.type = BK_JSON_BOOLEAN;
+            cfg.add(std::move(o));
+            continue;
+        }
         if (r.key == "transactional.id")
             throw OptionError(
                 "option \"transactional.id\" is not supported",
@@ -238,6 +262,7 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
     }
 
     cfg.add_default("topic", kDefaultTopic, BK_JSON_STRING);
+    cfg.add_default("copy_payloads", "true", BK_JSON_BOOLEAN);
     auto add_rdkafka_default = [&](const char *key, const char *value, bk_json_type type) {
         if (cfg.find(key) != nullptr)
             return;

@@ -24,9 +24,8 @@ std::string at(size_t pos) {
 const char *placeholders_hint(TemplateFlavor f) {
     return f == TemplateFlavor::KafkaTopic
                ? "Topic placeholders are {schema}, {table} and {sink}."
-               : "Key placeholders are {schema}, {table}, {sink}, {key} (the key column values "
-                 "joined by ':') and {<column>} for any column, e.g. {id}; write {{ and }} for "
-                 "literal braces.";
+               : "Key placeholders are {schema}, {table}, {sink} and {<column>} for any column, "
+                 "e.g. {id}; write {{ and }} for literal braces.";
 }
 
 } // namespace
@@ -85,8 +84,6 @@ std::vector<TemplatePart> parse_name_template(std::string_view tpl, TemplateFlav
             else if (flavor == TemplateFlavor::KafkaTopic)
                 throw OptionError(opt + ": unknown placeholder {" + std::string(name) + "}" + at(i),
                                   "", placeholders_hint(flavor));
-            else if (name == "key")
-                part = {TemplatePartKind::Key, {}};
             else if (name.size() > kColumnNameMax)
                 throw OptionError(opt + ": column placeholder" + at(i) + " is longer than " +
                                   std::to_string(kColumnNameMax) + " bytes");
@@ -122,7 +119,7 @@ std::vector<TemplatePart> parse_name_template(std::string_view tpl, TemplateFlav
 
 bool template_is_per_row(const std::vector<TemplatePart> &parts) {
     for (const auto &p : parts)
-        if (p.kind == TemplatePartKind::Key || p.kind == TemplatePartKind::Column)
+        if (p.kind == TemplatePartKind::Column)
             return true;
     return false;
 }
@@ -142,9 +139,6 @@ std::string render_template(const std::vector<TemplatePart> &parts, const Templa
             break;
         case TemplatePartKind::Sink:
             out += v.sink;
-            break;
-        case TemplatePartKind::Key:
-            out += v.key;
             break;
         case TemplatePartKind::Column:
             if (v.column) {

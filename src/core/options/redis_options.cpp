@@ -4,6 +4,7 @@
 // whole `url` option a secret whose shown form masks just the password. Options
 // that only make sense for one command (maxlen for xadd, ttl_ms for set) are
 // refused with any other command, so a setting never silently does nothing.
+// `command` has no default: how rows land in Redis is the user's decision.
 #include <algorithm>
 #include <string>
 
@@ -21,7 +22,7 @@ constexpr int64_t kTtlMsMax = 1000000000000;  // ~31 years
 
 std::vector<std::string> redis_option_names() {
     std::vector<std::string> v(kCommonOptionNames, kCommonOptionNames + kCommonOptionCount);
-    for (const char *k : {"url", "command", "key", "maxlen", "ttl_ms"})
+    for (const char *k : {"url", "command", "key", "maxlen", "ttl_ms", "connect_timeout_ms"})
         v.push_back(k);
     std::sort(v.begin(), v.end());
     return v;
@@ -41,7 +42,7 @@ void only_for(const char *option, const char *command, const std::string &actual
 void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) {
     const RawOption *key_raw = nullptr;
     bool has_url = false, has_maxlen = false, has_ttl = false;
-    std::string command = "xadd";
+    std::string command;
 
     for (const auto &r : raw) {
         if (is_common_option(r.key)) {
@@ -76,6 +77,16 @@ void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
         } else if (r.key == "maxlen") {
             cfg.add(check_integer(r, 1, kMaxLenMax, "stream entries"));
             has_maxlen = true;
+        } else if (r.key == "connect_timeout_ms") {
+            cfg.add(check_integer(r, 1, 600000, "milliseconds"));
+        } else if (r.key == "outbox_target") {
+            const std::string &v = require_string(r, "the Redis key of enqueue()d messages");
+            if (v.empty())
+                throw OptionError("option \"outbox_target\" must not be empty");
+            Option o;
+            o.key = r.key;
+            o.value = o.shown = v;
+            cfg.add(std::move(o));
         } else if (r.key == "ttl_ms") {
             cfg.add(check_integer(r, 1, kTtlMsMax, "milliseconds"));
             has_ttl = true;
@@ -91,6 +102,12 @@ void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
     if (!has_url)
         throw OptionError("a redis sink needs option \"url\"", "",
                           "For example {\"url\": \"redis://127.0.0.1:6379/0\"}.");
+    if (command.empty())
+        throw OptionError("a redis sink needs option \"command\"",
+                          "It says how rows are written: xadd (a stream entry), lpush or rpush (a "
+                          "list), publish (a pub/sub message), set (a key per row) or hset (a "
+                          "hash per row).",
+                          "For example {\"command\": \"xadd\"}.");
     if (has_maxlen && command != "xadd")
         only_for("maxlen", "xadd", command, "maxlen caps a stream's length (XADD ... MAXLEN ~ n).");
     if (has_ttl && command != "set")
@@ -98,24 +115,26 @@ void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
                  "ttl_ms sets an expiry on each key written (SET ... PX n).");
 
     const bool per_row_command = command == "set" || command == "hset";
+    if (key_raw == nullptr && per_row_command)
+        throw OptionError("a redis sink with command \"" + command +
+                              "\" needs option \"key\" with a column placeholder",
+                          "set and hset write one Redis key per row, named after the row.",
+                          "For example {\"key\": \"users:{id}\"}.");
     if (key_raw != nullptr) {
         auto parts = parse_name_template(key_raw->value, TemplateFlavor::RedisKey, "key");
         if (per_row_command && !template_is_per_row(parts))
-            throw OptionError("option \"key\" must contain {key} or a column placeholder for "
-                              "command \"" +
+            throw OptionError("option \"key\" must contain a column placeholder for command \"" +
                                   command + "\"",
-                              "set and hset write one Redis key per row: a key without a row "
+                              "set and hset write one Redis key per row: a key without a column "
                               "placeholder would make every row overwrite the same key.",
-                              "For example \"{schema}.{table}:{key}\" (the default) or "
-                              "\"users:{id}\".");
+                              "For example \"users:{id}\" or \"{schema}.{table}:{id}\".");
         Option o;
         o.key = "key";
         o.value = o.shown = key_raw->value;
         cfg.add(std::move(o));
     }
-    cfg.add_default("command", "xadd", BK_JSON_STRING);
-    cfg.add_default("key", per_row_command ? "{schema}.{table}:{key}" : "{schema}.{table}",
-                    BK_JSON_STRING);
+    cfg.add_default("key", "batchkit:{sink}", BK_JSON_STRING);
+    cfg.add_default("connect_timeout_ms", "2000", BK_JSON_NUMBER);
 }
 
 } // namespace bk::options

@@ -35,7 +35,7 @@ struct CommonSpec {
 const std::vector<CommonSpec> &common_specs() {
     static const std::vector<CommonSpec> specs = {
         {"batch_size", CommonType::Integer, 1, 1000000, {}, "10000", "rows"},
-        {"max_wait_ms", CommonType::Integer, 0, 3600000, {}, "5", "milliseconds"},
+        {"max_wait_ms", CommonType::Integer, 0, 3600000, {}, "10", "milliseconds"},
         {"max_batch_bytes",
          CommonType::Integer,
          1024,
@@ -45,11 +45,12 @@ const std::vector<CommonSpec> &common_specs() {
          "bytes, 1 KiB to 1 GiB"},
         {"max_queue", CommonType::Integer, 0, 1000000000000, {}, "0", "rows, 0 = unlimited"},
         {"on_full", CommonType::Choice, 0, 0, {"error", "wait"}, "error", nullptr},
-        {"on_full_timeout_ms", CommonType::Integer, 0, 3600000, {}, "5000", "milliseconds"},
-        {"max_attempts", CommonType::Integer, 1, 1000, {}, "10", "attempts"},
+        {"on_full_timeout_ms", CommonType::Integer, 0, 3600000, {}, "10000", "milliseconds"},
+        {"max_attempts", CommonType::Integer, 1, 1000, {}, "5", "attempts"},
         {"retry_backoff_ms", CommonType::Integer, 1, 3600000, {}, "100", "milliseconds"},
         {"retry_backoff_max_ms", CommonType::Integer, 1, 3600000, {}, "30000", "milliseconds"},
         {"format", CommonType::Choice, 0, 0, {"envelope", "row"}, "envelope", nullptr},
+        {"send_timeout_ms", CommonType::Integer, 1, 3600000, {}, "30000", "milliseconds"},
     };
     return specs;
 }
@@ -112,7 +113,7 @@ const char *const kCommonOptionNames[] = {
     "batch_size",   "max_wait_ms",      "max_batch_bytes",
     "max_queue",    "on_full",          "on_full_timeout_ms",
     "max_attempts", "retry_backoff_ms", "retry_backoff_max_ms",
-    "format"};
+    "format",       "send_timeout_ms",  "outbox_target"};
 const size_t kCommonOptionCount = sizeof kCommonOptionNames / sizeof kCommonOptionNames[0];
 
 const Option *SinkConfig::find(std::string_view key) const {
@@ -210,6 +211,8 @@ const std::string &require_string(const RawOption &raw, const char *what) {
     size_t best_d = 3; // suggest only close matches
     for (const auto &v : valid) {
         size_t d = edit_distance(key, v);
+        if (v.rfind(key, 0) == 0 || key.rfind(v, 0) == 0) // a prefix: "ttl" means "ttl_ms"
+            d = std::min<size_t>(d, 1);
         if (d < best_d) {
             best_d = d;
             best = v;
@@ -366,7 +369,7 @@ size_t bk_sink_config_count(const bk_sink_config *cfg) {
     return cfg ? cfg->cfg.options.size() : 0;
 }
 
-int bk_sink_config_get(const bk_sink_config *cfg, size_t i, bk_sink_option *out) {
+int bk_sink_config_get(const bk_sink_config *cfg, size_t i, bk_sink_option_out *out) {
     if (cfg == nullptr || out == nullptr || i >= cfg->cfg.options.size())
         return 0;
     const auto &o = cfg->cfg.options[i];
