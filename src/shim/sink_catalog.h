@@ -22,26 +22,26 @@
 
 typedef struct BkSinkOpt
 {
-    char       *key;
-    char       *value;          /* in the clear */
-    bk_json_type type;          /* of value */
-    char       *shown;          /* what users see; a string when secret */
-    bool        secret;
-    bool        is_default;     /* batchkit's default, not set by the user */
-    bool        librdkafka;     /* pass to rd_kafka_conf_set */
-    bk_option_privilege privilege;
+	char       *key;
+	char       *value;          /* in the clear */
+	bk_json_type type;          /* of value */
+	char       *shown;          /* what users see; a string when secret */
+	bool        secret;
+	bool        is_default;     /* batchkit's default, not set by the user */
+	bool        librdkafka;     /* pass to rd_kafka_conf_set */
+	bk_option_privilege privilege;
 } BkSinkOpt;
 
 typedef struct BkSinkOptions
 {
-    int         n;
-    BkSinkOpt  *opts;           /* sorted by key */
-    bool        has_endpoint;
-    char       *ep_what;
-    char       *ep_host;        /* NULL for a Unix socket */
-    int         ep_port;
-    char       *ep_unix_path;   /* NULL unless a Unix socket */
-    char       *ep_display;
+	int         n;
+	BkSinkOpt  *opts;           /* sorted by key */
+	bool        has_endpoint;
+	char       *ep_what;
+	char       *ep_host;        /* NULL for a Unix socket */
+	int         ep_port;
+	char       *ep_unix_path;   /* NULL unless a Unix socket */
+	char       *ep_display;
 } BkSinkOptions;
 
 /*
