@@ -85,7 +85,7 @@ BEGIN
         RAISE EXCEPTION 'batchkit.capture: source, sink, events and options must not be NULL'
             USING ERRCODE = '22004';
     END IF;
-    SELECT s.sink_id INTO v_sink_id FROM batchkit.sink s WHERE s.name = sink;
+    SELECT s.sink_id INTO v_sink_id FROM batchkit.sinks s WHERE s.name = sink;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'batchkit sink "%" does not exist', sink USING ERRCODE = '42704';
     END IF;
@@ -220,7 +220,7 @@ DECLARE
     v_id integer;
 BEGIN
     PERFORM batchkit._require_admin('uncapture tables');
-    SELECT c.capture_id INTO v_id FROM batchkit.capture c JOIN batchkit.sink s USING (sink_id)
+    SELECT c.capture_id INTO v_id FROM batchkit.capture c JOIN batchkit.sinks s USING (sink_id)
      WHERE c.source = uncapture.source AND s.name = uncapture.sink;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'table % is not captured by sink "%"', source, sink USING ERRCODE = '42704';
@@ -322,7 +322,6 @@ SELECT s.segment, s.segment = qs.current_segment AS current,
 
 -- Privileges: batchkit_admin manages captures and may use the consumption API;
 -- writers of captured tables need nothing (the trigger writes as the queue owner).
-GRANT SELECT ON batchkit.sink TO batchkit_admin;
 GRANT SELECT, INSERT, DELETE ON batchkit.capture TO batchkit_admin;
 GRANT SELECT ON batchkit.captures, batchkit.queue_storage TO batchkit_admin, pg_monitor;
 REVOKE ALL ON FUNCTION batchkit.enqueue(text, jsonb, text, jsonb),

@@ -94,6 +94,7 @@ typedef struct SinkRuntime
 	char	   *outbox_target;	/* where enqueue()d messages go */
 	bool		is_hset;
 	bool		is_redis;
+	int			send_timeout_ms;
 	bool		failing;
 	uint32		failures;		/* consecutive failed deliveries */
 	TimestampTz retry_at;
@@ -263,6 +264,7 @@ configure_sink(SinkRuntime *s, Datum *keys, Datum *values, bool *nulls, int n, c
 	s->format = strcmp(opt_str(opts, nopts, "format", "envelope"), "row") == 0 ?
 		BK_FORMAT_ROW : BK_FORMAT_ENVELOPE;
 	s->is_redis = strcmp(s->kind, "redis") == 0;
+	s->send_timeout_ms = (int) opt_int(opts, nopts, "send_timeout_ms", BK_SEND_TIMEOUT_MS);
 	command = opt_str(opts, nopts, "command", "");
 	s->is_hset = s->is_redis && strcmp(command, "hset") == 0;
 	s->target_template = pstrdup(opt_str(opts, nopts, s->is_redis ? "key" : "topic",
@@ -320,8 +322,8 @@ reload_sinks(void)
 					 "  (s.options || COALESCE(x.options, '{}'))::text "
 					 "FROM batchkit.sink s LEFT JOIN batchkit.sink_secret x USING (sink_id) "
 					 "CROSS JOIN LATERAL (SELECT array_agg(key ORDER BY key) AS keys, "
-					 "  array_agg(value ORDER BY key) AS vals FROM jsonb_each_text("
-					 "  s.options || COALESCE(x.options, '{}'))) c ORDER BY s.sink_id",
+					 "  array_agg(value ORDER BY key) AS vals "
+					 "  FROM batchkit._sink_config(s.sink_id)) c ORDER BY s.sink_id",
 					 true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "batchkit: reading sinks failed");
@@ -523,6 +525,63 @@ template_for(SinkRuntime *s, BkChunkReader *r, const char *source, char *err, si
 	return e;
 }
 
+/*
+ * Top-level fields of a JSON object as hash fields: strings as their text, null
+ * as NULL, anything else as its JSON text. An envelope contributes its "after".
+ */
+static void
+json_object_fields(BatchBuild *b, const char *json, int len)
+{
+	Jsonb	   *jb;
+	JsonbValue	after;
+	JsonbValue *av;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			level = 0;
+
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(json, len))));
+	if (!JB_ROOT_IS_OBJECT(jb))
+		return;
+	av = getKeyJsonValueFromContainer(&jb->root, "after", 5, &after);
+	if (av != NULL && av->type == jbvBinary)
+		jb = JsonbValueToJsonb(av);
+	it = JsonbIteratorInit(&jb->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_BEGIN_OBJECT)
+			level++;
+		else if (tok == WJB_END_OBJECT)
+			level--;
+		else if (tok == WJB_KEY && level == 1)
+		{
+			PendingField *f = next_field(b);
+			JsonbValue	val;
+
+			f->name_len = v.val.string.len;
+			f->name_off = arena_add(b, v.val.string.val, v.val.string.len);
+			tok = JsonbIteratorNext(&it, &val, true);
+			f->isnull = val.type == jbvNull;
+			if (val.type == jbvString)
+			{
+				f->val_len = val.val.string.len;
+				f->val_off = arena_add(b, val.val.string.val, f->val_len);
+			}
+			else if (!f->isnull)
+			{
+				char	   *txt;
+
+				if (val.type == jbvBinary)
+					txt = JsonbToCString(NULL, val.val.binary.data, val.val.binary.len);
+				else
+					txt = JsonbToCString(NULL, &JsonbValueToJsonb(&val)->root, 0);
+				f->val_len = strlen(txt);
+				f->val_off = arena_add(b, txt, f->val_len);
+			}
+		}
+	}
+}
+
 static void
 collect_message(BkMessage *m, void *arg)
 {
@@ -628,6 +687,13 @@ collect_message(BkMessage *m, void *arg)
 		bk_chunk_row_fields(m->reader, m->row, collect_field, b);
 		p->nfields = b->nfields - p->field_first;
 	}
+	else if (s->is_hset && p->op != BK_OP_DELETE)
+	{
+		/* an enqueued or replayed message: its JSON object (or envelope's "after") gives the fields */
+		p->field_first = b->nfields;
+		json_object_fields(b, m->value.data, m->value.len);
+		p->nfields = b->nfields - p->field_first;
+	}
 	if (m->headers && m->headerslen > 0)
 	{
 		/* enqueue() headers: a flat JSON object of strings, parsed by jsonb */
@@ -663,6 +729,37 @@ collect_message(BkMessage *m, void *arg)
 }
 
 /* ---- one delivery round for one sink ---------------------------------------------- */
+
+static bool force_reload = false;
+
+/*
+ * Inside the claim transaction: is the sink still unpaused, with the options the
+ * client was opened with? Checked before every batch, so pause_sink() and
+ * alter_sink() take effect within one batch of their commit.
+ */
+static bool
+sink_still_current(SinkRuntime *s)
+{
+	Datum		arg[1];
+	Oid			types[1] = {INT4OID};
+	int			rc;
+	bool		isnull;
+	bool		ok = false;
+
+	arg[0] = Int32GetDatum(s->sink_id);
+	rc = SPI_execute_with_args("SELECT s.paused, (s.options || COALESCE(x.options, '{}'))::text "
+							   "FROM batchkit.sink s LEFT JOIN batchkit.sink_secret x USING (sink_id) "
+							   "WHERE s.sink_id = $1", 1, types, arg, NULL, true, 1);
+	if (rc == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		paused = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 1, &isnull));
+		char	   *config = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+		ok = !paused && s->config != NULL && strcmp(config, s->config) == 0;
+	}
+	return ok;
+}
 
 static double
 random01(void)
@@ -826,6 +923,15 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!sink_still_current(s))
+	{
+		/* paused or altered since the last reload: reload before sending anything */
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		force_reload = true;
+		return false;
+	}
 	old = MemoryContextSwitchTo(batch_cxt);
 	claimed = bk_claim_batch(s->sink_id, s->limits.batch_size ? s->limits.batch_size : PG_INT32_MAX,
 							 s->limits.max_batch_bytes ? (int64) s->limits.max_batch_bytes : PG_INT64_MAX,
@@ -905,7 +1011,7 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	/* no transaction: send */
 	bk_slot_set_state(my_slot, "sending", s->name);
 	t0 = GetCurrentTimestamp();
-	rc = bk_sink_send_batch(s->sink, msgs, b.nmsgs, batch.batch_seq, results, BK_SEND_TIMEOUT_MS,
+	rc = bk_sink_send_batch(s->sink, msgs, b.nmsgs, batch.batch_seq, results, s->send_timeout_ms,
 							&summary, &st);
 	seconds = (double) (GetCurrentTimestamp() - t0) / 1000000.0;
 	drain_sink_logs(s);
@@ -1038,8 +1144,9 @@ batchkit_flush_worker_main(Datum main_arg)
 		}
 
 		now = GetCurrentTimestamp();
-		if (TimestampDifferenceExceeds(last_reload, now, 200) || last_reload == 0)
+		if (TimestampDifferenceExceeds(last_reload, now, 200) || last_reload == 0 || force_reload)
 		{
+			force_reload = false;
 			if (!extension_present())
 			{
 				ereport(LOG, (errmsg("batchkit flush worker exiting: the extension was dropped")));

@@ -52,6 +52,7 @@
 
 #include "batchkit/net_probe.h"
 #include "batchkit/sink_options.h"
+#include "batchkit.h"
 #include "sink_catalog.h"
 
 /* How long create_sink/alter_sink wait for the sink's server to answer. */
@@ -250,6 +251,8 @@ static void
 bk_notify_workers(const char *name)
 {
 	Async_Notify(BK_SINKS_CHANNEL, name);
+	/* every backend drops its cached sink settings (max_queue, on_full) at commit */
+	bk_invalidate_catalog_cache();
 }
 
 /* A sink whose server cannot be reached is kept: it may simply be down. */
