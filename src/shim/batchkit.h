@@ -55,6 +55,9 @@ extern void bk_require_shmem(void);
 extern BkWorkerSlot *bk_slot_claim(char kind, Oid dboid);
 extern void bk_slot_set_state(BkWorkerSlot *slot, const char *state, const char *sink);
 
+/* upsert_stats.c: per-target batch_upsert statistics (own shmem hooks) */
+extern void bk_upsert_stats_install_hooks(void);
+
 /* launcher.c */
 extern void bk_register_launcher(void);
 PGDLLEXPORT void batchkit_launcher_main(Datum main_arg);
