@@ -10,7 +10,7 @@ CREATE FUNCTION batchkit.batch_upsert(
     rows jsonb,
     conflict_columns text[] DEFAULT NULL,
     update_columns text[] DEFAULT NULL,
-    chunk_size integer DEFAULT 100000,
+    chunk_size integer DEFAULT 1000000,
     OUT inserted bigint,
     OUT updated bigint)
     RETURNS record
@@ -28,7 +28,7 @@ CREATE FUNCTION batchkit.batch_upsert(
     rows anyarray,
     conflict_columns text[] DEFAULT NULL,
     update_columns text[] DEFAULT NULL,
-    chunk_size integer DEFAULT 100000,
+    chunk_size integer DEFAULT 1000000,
     OUT inserted bigint,
     OUT updated bigint)
     RETURNS record
@@ -45,7 +45,7 @@ CREATE FUNCTION batchkit.batch_upsert(
     rows text,
     conflict_columns text[] DEFAULT NULL,
     update_columns text[] DEFAULT NULL,
-    chunk_size integer DEFAULT 100000,
+    chunk_size integer DEFAULT 1000000,
     OUT inserted bigint,
     OUT updated bigint)
     RETURNS record
