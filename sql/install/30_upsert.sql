@@ -49,9 +49,8 @@ CREATE FUNCTION batchkit.batch_upsert(
     OUT inserted bigint,
     OUT updated bigint)
     RETURNS record
-    LANGUAGE sql VOLATILE SECURITY INVOKER PARALLEL UNSAFE
-    AS $$ SELECT * FROM batchkit.batch_upsert(target, rows::jsonb, conflict_columns,
-                                              update_columns, chunk_size) $$;
+    AS 'MODULE_PATHNAME', 'batchkit_upsert_text'
+    LANGUAGE C VOLATILE SECURITY INVOKER PARALLEL UNSAFE;
 COMMENT ON FUNCTION batchkit.batch_upsert(regclass, text, text[], text[], integer) IS
     'batch_upsert for an untyped JSON literal or text parameter';
 

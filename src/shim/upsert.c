@@ -48,6 +48,7 @@
 #include "portability/instr_time.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -60,6 +61,7 @@
 
 PG_FUNCTION_INFO_V1(batchkit_upsert_jsonb);
 PG_FUNCTION_INFO_V1(batchkit_upsert_array);
+PG_FUNCTION_INFO_V1(batchkit_upsert_text);
 PG_FUNCTION_INFO_V1(batchkit_upsert_from);
 
 #define BK_ENR_NAME "batchkit_upsert_rows"
@@ -625,7 +627,7 @@ check_args(FunctionCallInfo fcinfo, int chunk_arg)
 }
 
 static Datum
-upsert_input(FunctionCallInfo fcinfo, bool is_array)
+upsert_input(FunctionCallInfo fcinfo, bool is_array, bool is_text)
 {
 	BkCall		call;
 	BkInput		in;
@@ -648,6 +650,9 @@ upsert_input(FunctionCallInfo fcinfo, bool is_array)
 	target_open(&call.t, PG_GETARG_OID(0));
 	if (is_array)
 		bk_input_init_array(&in, PG_GETARG_DATUM(1), &call.t);
+	else if (is_text)
+		bk_input_init_jsonb(&in, DirectFunctionCall1(jsonb_in,
+													 CStringGetDatum(TextDatumGetCString(PG_GETARG_DATUM(1)))));
 	else
 		bk_input_init_jsonb(&in, PG_GETARG_DATUM(1));
 	if (in.nrows > PG_INT32_MAX)
@@ -679,13 +684,20 @@ upsert_input(FunctionCallInfo fcinfo, bool is_array)
 Datum
 batchkit_upsert_jsonb(PG_FUNCTION_ARGS)
 {
-	return upsert_input(fcinfo, false);
+	return upsert_input(fcinfo, false, false);
+}
+
+/* An untyped literal or text parameter: read as JSON (see 30_upsert.sql). */
+Datum
+batchkit_upsert_text(PG_FUNCTION_ARGS)
+{
+	return upsert_input(fcinfo, false, true);
 }
 
 Datum
 batchkit_upsert_array(PG_FUNCTION_ARGS)
 {
-	return upsert_input(fcinfo, true);
+	return upsert_input(fcinfo, true, false);
 }
 
 /*
