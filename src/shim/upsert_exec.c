@@ -12,6 +12,11 @@
  * statement of a VOLATILE function) and a command counter increment before and
  * after, so later statements see earlier ones' rows.
  *
+ * Lock order: the source rows are sorted by key, and MERGE is planned without
+ * hash joins so it visits them in that order (ON CONFLICT scans the source in
+ * order anyway): every session locks keys in ascending order, so concurrent
+ * calls on overlapping keys do not deadlock each other.
+ *
  * Concurrency (bk_exec_merge_or_fallback): MERGE cannot see rows another
  * session inserts after its snapshot, so it can fail with a unique violation,
  * and two sessions can deadlock. MERGE runs in a subtransaction; on either
@@ -32,6 +37,7 @@
 #include "nodes/execnodes.h"
 #include "parser/parser.h"
 #include "tcop/tcopprot.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -59,7 +65,23 @@ bk_exec_statement(const char *sql, QueryEnvironment *qenv, bk_upsert_sql_kind ki
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("batch_upsert does not support tables with rules")));
-	plans = pg_plan_queries(queries, sql, 0, NULL);
+	if (kind == BK_UPSERT_SQL_MERGE)
+	{
+		/*
+		 * Keep MERGE processing the source in its (ascending key) order: a
+		 * hash join could drive it by the target's physical order instead,
+		 * and sessions locking overlapping keys in different orders deadlock.
+		 * Merge and nested-loop joins both follow key order.
+		 */
+		int			nest = NewGUCNestLevel();
+
+		(void) set_config_option("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		plans = pg_plan_queries(queries, sql, 0, NULL);
+		AtEOXact_GUC(true, nest);
+	}
+	else
+		plans = pg_plan_queries(queries, sql, 0, NULL);
 	stmt = linitial_node(PlannedStmt, plans);
 
 	CommandCounterIncrement();
