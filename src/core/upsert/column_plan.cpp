@@ -40,7 +40,9 @@ std::string quoted(const char *name) {
     return out;
 }
 
-std::string table_name(const bk_upsert_table *t) { return quoted(t->name); }
+std::string table_name(const bk_upsert_table *t) {
+    return quoted(t->name);
+}
 
 int find_column(const bk_upsert_table *t, const char *name) {
     for (int i = 0; i < t->ncolumns; i++)
@@ -115,7 +117,7 @@ std::vector<int> resolve_conflict(const bk_upsert_table *t, const bk_upsert_opti
 }
 
 std::vector<int> resolve_update(const bk_upsert_table *t, const bk_upsert_options *o,
-                                 const std::vector<int> &conflict) {
+                                const std::vector<int> &conflict) {
     std::vector<int> cols;
     auto in_conflict = [&](int c) {
         return std::find(conflict.begin(), conflict.end(), c) != conflict.end();
@@ -130,7 +132,8 @@ std::vector<int> resolve_update(const bk_upsert_table *t, const bk_upsert_option
     for (int i = 0; i < o->nupdate; i++) {
         const char *name = o->update[i];
         if (name == nullptr)
-            throw PlanError(BK_UPSERT_ERR_INVALID_PARAMETER, "update_columns must not contain NULL");
+            throw PlanError(BK_UPSERT_ERR_INVALID_PARAMETER,
+                            "update_columns must not contain NULL");
         int c = find_column(t, name);
         if (c < 0) {
             unknown.push_back(quoted(name));

@@ -59,9 +59,7 @@ struct Builder {
         throw bk::Error(BK_INTERNAL, "conflict column missing from the statement's columns");
     }
 
-    std::string target() const {
-        return q(t->schema) + "." + q(t->name);
-    }
+    std::string target() const { return q(t->schema) + "." + q(t->name); }
 
     // The staging relation, de-duplicated on the conflict columns: the last row
     // in input order wins. Key columns are cast to the target's types so the
@@ -182,8 +180,7 @@ size_t bk_upsert_build_sql(const bk_upsert_sql_spec *spec, bk_upsert_sql_kind ki
     return len;
 }
 
-size_t bk_upsert_format_names(const char *const *names, int n, int max, char *buf,
-                              size_t buflen) {
+size_t bk_upsert_format_names(const char *const *names, int n, int max, char *buf, size_t buflen) {
     try {
         std::string out;
         for (int i = 0; i < n; i++) {
