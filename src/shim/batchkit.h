@@ -124,6 +124,9 @@ extern void bk_invalidate_catalog_cache(void);
 extern void bk_wake_launcher_at_commit(void);
 extern int32 bk_lookup_sink_id(const char *name, bool missing_ok);
 
+/* upsert_stats.c: per-target batch_upsert statistics (own shmem hooks) */
+extern void bk_upsert_stats_install_hooks(void);
+
 /* launcher.c */
 extern void bk_register_launcher(void);
 extern void bk_wake_launcher(void);

@@ -75,6 +75,7 @@ _PG_init(void)
     MarkGUCPrefixReserved("batchkit");
 
     bk_shmem_install_hooks();
+    bk_upsert_stats_install_hooks();
     bk_install_utility_hook();
     if (bk_launcher_enabled)
         bk_register_launcher();
