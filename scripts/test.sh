@@ -2,11 +2,12 @@
 # The README's second command: run batchkit's whole test suite on real services.
 #
 #   1. install missing Debian packages (scripts/install-deps.sh)
-#   2. unit tests of the C++ core (CMake + GoogleTest via ctest; no server), once
-#      plain and once with ASan/UBSan
+#   2. unit tests of the C++ core (CMake + GoogleTest via ctest -LE services; no
+#      server), once plain and once with ASan/UBSan
 #   3. build and install the extension (make, make install)
 #   4. start PostgreSQL 15 + redis-server + the Kafka dev broker (scripts/services.sh)
-#   5. pg_regress (make installcheck), then the integration suite (pytest)
+#   5. the core's sink tests on the real Redis/Kafka (ctest -L services), pg_regress
+#      (make installcheck), then the integration suite (pytest)
 #   6. stop every service it started — also when a test fails — and print
 #      "N passed, N failed"
 #
@@ -49,7 +50,7 @@ run_unit() { # build-dir extra-cmake-args...
     cmake -S . -B "$dir" -DBATCHKIT_UNIT_TESTS=ON "$@" >"$OUT/cmake-$(basename "$dir").log" 2>&1 &&
         cmake --build "$dir" -j2 >>"$OUT/cmake-$(basename "$dir").log" 2>&1 || {
         tail -n 40 "$OUT/cmake-$(basename "$dir").log"; add 0 1; return; }
-    (cd "$dir" && ctest --output-on-failure --output-junit "$OUT/ctest-$(basename "$dir").xml" >"$OUT/ctest-$(basename "$dir").log" 2>&1)
+    (cd "$dir" && ctest -LE services --output-on-failure --output-junit "$OUT/ctest-$(basename "$dir").xml" >"$OUT/ctest-$(basename "$dir").log" 2>&1)
     tail -n 3 "$OUT/ctest-$(basename "$dir").log"
     grep -q 'tests passed' "$OUT/ctest-$(basename "$dir").log" || cat "$OUT/ctest-$(basename "$dir").log"
     # shellcheck disable=SC2046
@@ -79,6 +80,15 @@ if ! bash scripts/services.sh start; then
     add 0 1; echo "$passed passed, $failed failed"; exit 1
 fi
 set -a; . "$(bk_current_run_dir)/env"; set +a
+
+# --- 4a. the core's sink tests against the real Redis and Kafka (ctest -L services) --------------
+bk_log "core sink tests against redis-server and the Kafka dev broker (ctest -L services)"
+(cd build/unit && ctest -L services --output-on-failure --output-junit "$OUT/ctest-services.xml" \
+    >"$OUT/ctest-services.log" 2>&1)
+tail -n 3 "$OUT/ctest-services.log"
+grep -q 'tests passed' "$OUT/ctest-services.log" || tail -n 60 "$OUT/ctest-services.log"
+# shellcheck disable=SC2046
+add $(junit_counts "$OUT/ctest-services.xml")
 
 # --- 4. pg_regress ---------------------------------------------------------------------------
 bk_log "pg_regress (make installcheck)"
