@@ -85,7 +85,7 @@ set -a; . "$(bk_current_run_dir)/env"; set +a
 bk_log "core sink tests against redis-server and the Kafka dev broker (ctest -L services)"
 (cd build/unit && ctest -L services --output-on-failure --output-junit "$OUT/ctest-services.xml" \
     >"$OUT/ctest-services.log" 2>&1)
-tail -n 3 "$OUT/ctest-services.log"
+grep -E "tests passed|tests failed" "$OUT/ctest-services.log"
 grep -q 'tests passed' "$OUT/ctest-services.log" || tail -n 60 "$OUT/ctest-services.log"
 # shellcheck disable=SC2046
 add $(junit_counts "$OUT/ctest-services.xml")
