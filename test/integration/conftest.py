@@ -119,8 +119,9 @@ def free_port():
     return port
 
 
-def make_sink(conn, name, kind="kafka", options=None):
-    """Create a sink for tests of capture and the queue (never delivered to)."""
+def make_sink(conn, name, kind="kafka", options=None, paused=False):
+    """Create a sink. paused=True for tests that consume the queue by hand
+    (claim_batch/ack_batch): the flush worker then leaves the sink alone."""
     import json
     opts = options or {}
     with conn.cursor() as cur:
@@ -132,9 +133,11 @@ def make_sink(conn, name, kind="kafka", options=None):
             cur.execute("SET client_min_messages = error")
             cur.execute("SELECT batchkit.create_sink(%s, %s, %s)", (name, kind, json.dumps(base)))
             cur.execute("RESET client_min_messages")
+            if paused:
+                cur.execute("SELECT batchkit.pause_sink(%s)", (name,))
         else:
-            cur.execute("INSERT INTO batchkit.sink (name, kind, options) VALUES (%s, %s, %s)",
-                        (name, kind, json.dumps(opts)))
+            cur.execute("INSERT INTO batchkit.sink (name, kind, options, paused) VALUES (%s, %s, %s, %s)",
+                        (name, kind, json.dumps(opts), paused))
 
 
 def set_sink_options(conn, name, options):

@@ -1,7 +1,8 @@
 """Capture into the durable queue, and the consumption API (claim_batch/ack_batch).
 
 Every test reads the queue back through the same API the flush worker uses and
-checks what a sink would receive.
+checks what a sink would receive. The sinks are paused, so the flush worker
+leaves their queues to the test.
 """
 import json
 import os
@@ -32,7 +33,7 @@ def messages(rows):
 
 
 def test_insert_update_delete_envelopes(db):
-    make_sink(db, "env")
+    make_sink(db, "env", paused=True)
     new_table(db, "t_env")
     q(db, "SELECT batchkit.capture('t_env', 'env', options => '{\"include_before\": true}')")
     q(db, "INSERT INTO t_env (id, name, email) SELECT g, 'n' || g, 'e' || g FROM generate_series(1, 3) g")
@@ -55,7 +56,7 @@ def test_insert_update_delete_envelopes(db):
 
 
 def test_row_format_and_columns_subset(db):
-    make_sink(db, "rowfmt")
+    make_sink(db, "rowfmt", paused=True)
     new_table(db, "t_cols")
     q(db, "SELECT batchkit.capture('t_cols', 'rowfmt', ARRAY['insert','delete'], "
           "'{\"columns\": [\"id\", \"email\"]}')")
@@ -68,7 +69,7 @@ def test_row_format_and_columns_subset(db):
 
 
 def test_rollback_and_savepoints_never_enqueue(db):
-    make_sink(db, "rb")
+    make_sink(db, "rb", paused=True)
     new_table(db, "t_rb")
     q(db, "SELECT batchkit.capture('t_rb', 'rb')")
     conn = connect_tx(db)
@@ -104,7 +105,7 @@ def connect_tx(db):
 
 
 def test_schema_changes_while_rows_wait_do_not_misdecode(db):
-    make_sink(db, "ddl")
+    make_sink(db, "ddl", paused=True)
     q(db, "DROP TABLE IF EXISTS t_ddl")
     q(db, "CREATE TABLE t_ddl (id int PRIMARY KEY, a text, b numeric, c int)")
     q(db, "SELECT batchkit.capture('t_ddl', 'ddl')")
@@ -128,7 +129,7 @@ def test_schema_changes_while_rows_wait_do_not_misdecode(db):
 
 
 def test_every_type_arrives_in_postgres_json_rendering(db):
-    make_sink(db, "types")
+    make_sink(db, "types", paused=True)
     q(db, "DROP TABLE IF EXISTS t_types")
     q(db, """CREATE TABLE t_types (id int PRIMARY KEY, big text, raw bytea, arr int[],
              txt text[], num numeric, ts timestamptz, d date, j jsonb, b boolean, f float8,
@@ -154,7 +155,7 @@ def test_every_type_arrives_in_postgres_json_rendering(db):
 
 
 def test_backpressure_error_and_wait(db):
-    make_sink(db, "bp")
+    make_sink(db, "bp", paused=True)
     new_table(db, "t_bp")
     q(db, "SELECT batchkit.capture('t_bp', 'bp')")
     set_sink_options(db, "bp", {"max_queue": 100, "on_full": "error"})
@@ -210,7 +211,7 @@ def test_backpressure_error_and_wait(db):
 
 
 def test_concurrent_writers_keep_per_key_order_and_nothing_is_skipped(db, services):
-    make_sink(db, "conc")
+    make_sink(db, "conc", paused=True)
     q(db, "DROP TABLE IF EXISTS t_conc")
     q(db, "CREATE TABLE t_conc (k int PRIMARY KEY, v int NOT NULL)")
     q(db, "INSERT INTO t_conc SELECT g, 0 FROM generate_series(1, 20) g")
@@ -261,7 +262,7 @@ def test_concurrent_writers_keep_per_key_order_and_nothing_is_skipped(db, servic
 
 
 def test_committed_rows_survive_immediate_shutdown(db, services):
-    make_sink(db, "crash")
+    make_sink(db, "crash", paused=True)
     new_table(db, "t_crash")
     q(db, "SELECT batchkit.capture('t_crash', 'crash')")
     q(db, "INSERT INTO t_crash (id) SELECT g FROM generate_series(1, 5000) g")
@@ -288,7 +289,7 @@ def test_committed_rows_survive_immediate_shutdown(db, services):
 
 
 def test_bad_arguments_give_clear_errors_and_change_nothing(db):
-    make_sink(db, "bad")
+    make_sink(db, "bad", paused=True)
     new_table(db, "t_bad")
     q(db, "DROP TABLE IF EXISTS t_nopk; CREATE TABLE t_nopk (a int)")
     q(db, "DROP VIEW IF EXISTS v_bad; CREATE VIEW v_bad AS SELECT 1 AS a")
@@ -335,7 +336,7 @@ def test_bad_arguments_give_clear_errors_and_change_nothing(db):
 
 
 def test_handmade_trigger_cannot_inject_into_a_sink(db):
-    make_sink(db, "victim")
+    make_sink(db, "victim", paused=True)
     new_table(db, "t_victim")
     cap = q(db, "SELECT batchkit.capture('t_victim', 'victim')")[0][0]
     sink_id = q(db, "SELECT sink_id FROM batchkit.sink WHERE name = 'victim'")[0][0]
@@ -349,7 +350,7 @@ def test_handmade_trigger_cannot_inject_into_a_sink(db):
 
 
 def test_roles_writers_need_no_queue_grant_and_non_admins_cannot_manage(db, services):
-    make_sink(db, "roles")
+    make_sink(db, "roles", paused=True)
     new_table(db, "t_roles")
     q(db, "SELECT batchkit.capture('t_roles', 'roles')")
     import uuid
@@ -391,7 +392,7 @@ def test_roles_writers_need_no_queue_grant_and_non_admins_cannot_manage(db, serv
 
 
 def test_enqueue_many_and_outbox_rollback(db):
-    make_sink(db, "outbox")
+    make_sink(db, "outbox", paused=True)
     conn = connect_tx(db)
     with conn.cursor() as cur:
         cur.execute("SELECT batchkit.enqueue('outbox', '{\"n\": 0}')")
@@ -408,7 +409,7 @@ def test_enqueue_many_and_outbox_rollback(db):
 
 
 def test_storage_returns_to_empty_after_drain(db):
-    make_sink(db, "store")
+    make_sink(db, "store", paused=True)
     new_table(db, "t_store")
     q(db, "SELECT batchkit.capture('t_store', 'store')")
     for _ in range(3):
@@ -454,7 +455,7 @@ class PeakRss:
 
 def test_huge_statement_is_captured_and_consumed_in_bounded_memory(db, services):
     """One 5M-row statement: the writer and the consumer stay far below the data size."""
-    make_sink(db, "huge")
+    make_sink(db, "huge", paused=True)
     q(db, "DROP TABLE IF EXISTS t_huge")
     q(db, "CREATE TABLE t_huge (id bigint PRIMARY KEY, payload text)")
     q(db, "SELECT batchkit.capture('t_huge', 'huge')")
