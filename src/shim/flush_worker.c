@@ -98,6 +98,7 @@ typedef struct SinkRuntime
 	bool		failing;
 	uint32		failures;		/* consecutive failed deliveries */
 	TimestampTz retry_at;
+	TimestampTz last_claim;		/* last time a claim was tried */
 	int64		reject_batch;	/* batch whose rejections are being retried */
 	uint32		reject_attempts;
 	TemplateEntry templates[BK_TEMPLATE_CACHE];
@@ -862,9 +863,14 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		*wait_ms = secs * 1000 + usecs / 1000 + 1;
 		return false;
 	}
-	if (known && depth == 0 && !force)
+	if (known && depth == 0 && !force &&
+		!TimestampDifferenceExceeds(s->last_claim, GetCurrentTimestamp(), bk_naptime_ms))
 	{
-		/* nothing committed is waiting (an in-flight batch still counts in depth) */
+		/*
+		 * Nothing committed is waiting (an in-flight batch still counts in depth).
+		 * The counter may undercount a commit that raced its rebuild after a
+		 * restart, so the queue is still looked at once per naptime.
+		 */
 		return false;
 	}
 
@@ -920,6 +926,7 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	MemoryContextSwitchTo(old);
 
 	bk_slot_set_state(my_slot, "claiming", s->name);
+	s->last_claim = GetCurrentTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
