@@ -80,6 +80,12 @@ int4_array(Datum d, int *n)
 	return out;
 }
 
+/*
+ * Every query here runs with read_only = false: SPI then makes the transaction's
+ * own earlier changes visible (the worker acknowledges the previous batch and
+ * claims the next in one transaction; a read-only query would still see the
+ * acknowledged batch in flight and claim it again).
+ */
 bool
 bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
 {
@@ -100,7 +106,7 @@ bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
 									"SELECT batch_seq, chunk_ids, chunk_starts, last_end, nrecords "
 									"FROM batchkit.inflight WHERE sink_id = $1 "
 									"ORDER BY batch_seq LIMIT 1", 1, int4arg),
-						  arg, NULL, true, 1);
+						  arg, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "batchkit: reading inflight batches failed");
 	if (SPI_processed == 1)
@@ -129,7 +135,7 @@ bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
 											 "SELECT chunk_id, nrecords, done_records, nbytes "
 											 "FROM batchkit.queue WHERE sink_id = $1 "
 											 "ORDER BY chunk_id", 1, int4arg),
-							 arg, NULL, true);
+							 arg, NULL, false);
 	{
 		int64		bytes = 0;
 		bool		done = false;
@@ -310,7 +316,7 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 											 "SELECT chunk_id, payload, txid::text, captured_at "
 											 "FROM batchkit.queue WHERE sink_id = $1 "
 											 "AND chunk_id = ANY ($2) ORDER BY chunk_id", 2, types),
-							 v, NULL, true);
+							 v, NULL, false);
 	for (;;)
 	{
 		HeapTuple	t;

@@ -99,6 +99,7 @@ typedef struct SinkRuntime
 	uint32		failures;		/* consecutive failed deliveries */
 	TimestampTz retry_at;
 	TimestampTz last_claim;		/* last time a claim was tried */
+	struct Delivered *pending;	/* delivered, acknowledged with the next claim */
 	int64		reject_batch;	/* batch whose rejections are being retried */
 	uint32		reject_attempts;
 	TemplateEntry templates[BK_TEMPLATE_CACHE];
@@ -304,6 +305,8 @@ configure_sink(SinkRuntime *s, Datum *keys, Datum *values, bool *nulls, int n, c
 	}
 }
 
+static void free_pending(SinkRuntime *s);
+
 static SinkRuntime *
 find_sink(int32 sink_id)
 {
@@ -381,6 +384,7 @@ reload_sinks(void)
 		if (!sinks[i].seen)
 		{
 			close_sink(&sinks[i]);
+			free_pending(&sinks[i]);
 			bk_sink_slot_forget(MyDatabaseId, sinks[i].sink_id);
 			sinks[i] = sinks[nsinks - 1];
 			nsinks--;
@@ -825,58 +829,125 @@ fail_sink(SinkRuntime *s, const char *msg, uint64 rows)
 	stats_error(s, msg, rows);
 }
 
+/* A delivered batch whose acknowledgement rides with the next claim. */
+typedef struct Delivered
+{
+	bool		valid;
+	BkBatch		batch;
+	BatchBuild	build;
+	bk_send_result *results;
+	uint64		bytes;
+	double		seconds;
+	MemoryContext cxt;			/* which of cxts holds it */
+	MemoryContext cxts[2];		/* a sink's two batch contexts: one delivered, one being built */
+} Delivered;
+
+static void
+free_pending(SinkRuntime *s)
+{
+	if (s->pending == NULL)
+		return;
+	MemoryContextDelete(s->pending->cxts[0]);
+	MemoryContextDelete(s->pending->cxts[1]);
+	pfree(s->pending);
+	s->pending = NULL;
+}
+
+static Delivered *
+delivered_of(SinkRuntime *s)
+{
+	if (s->pending == NULL)
+	{
+		Delivered  *d = MemoryContextAllocZero(TopMemoryContext, sizeof(Delivered));
+
+		d->cxts[0] = AllocSetContextCreate(TopMemoryContext, "batchkit batch",
+										   ALLOCSET_DEFAULT_SIZES);
+		d->cxts[1] = AllocSetContextCreate(TopMemoryContext, "batchkit batch",
+										   ALLOCSET_DEFAULT_SIZES);
+		s->pending = d;
+	}
+	return s->pending;
+}
+
+/* Stats and logs of an acknowledged batch (after its transaction committed). */
+static void
+finish_delivered(SinkRuntime *s, Delivered *d, uint64 dead)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	double	   *lags = MemoryContextAlloc(d->cxt, sizeof(double) * Max(d->build.nmsgs, 1));
+
+	for (int i = 0; i < d->build.nmsgs; i++)
+		lags[i] = (double) (now - d->build.msgs[i].captured_at) / 1000000.0;
+	stats_batch(s, d->build.nmsgs, dead, d->bytes, d->seconds, lags, d->build.nmsgs);
+	if (dead > 0)
+		ereport(WARNING,
+				(errmsg("batchkit sink \"%s\": %llu messages moved to batchkit.dead_letters",
+						s->name, (unsigned long long) dead)));
+	d->valid = false;
+}
+
 /*
- * Deliver at most one batch of a sink. Returns true when it delivered something
- * (so the caller loops again at once), and sets *wait_ms to when this sink next
- * needs attention.
+ * One round for one sink: in ONE transaction, acknowledge the batch delivered
+ * in the previous round (dead-lettering what the sink refused) and claim and
+ * decode the next one; commit; then send it, without a transaction open.
+ * Riding the acknowledgement on the next claim halves the commits per batch.
+ * For Kafka the transaction commits asynchronously (no WAL flush wait): losing
+ * it in a crash only re-sends batches, which at-least-once allows. Redis needs
+ * a durable claim (its fence relies on a batch keeping its sequence number), so
+ * its transaction commits synchronously.
+ *
+ * Returns true when it did something (the caller loops again at once) and sets
+ * *wait_ms to when this sink next needs attention.
  */
 static bool
 deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 {
+	Delivered  *prev = delivered_of(s);
 	BkBatch		batch;
 	BatchBuild	b;
-	bool		claimed;
+	bool		can_claim = true;
+	bool		claimed = false;
+	bool		acked = false;
+	uint64		dead = 0;
 	bk_message *msgs;
 	bk_send_result *results;
 	bk_send_summary summary;
 	bk_status	st;
-	bk_code		rc;
 	TimestampTz t0;
-	double		seconds;
-	uint64		bytes = 0;
-	uint64		dead = 0;
-	double	   *lags;
+	MemoryContext cxt;
 	MemoryContext old;
 	BkSinkSlot *slot = stats_slot(s);
 	uint64		depth = slot ? pg_atomic_read_u64(&slot->queued) : 1;
 	bool		known = slot ? slot->depth_known : false;
+	uint64		bytes = 0;
+	int			saved_sync = synchronous_commit;
 
 	*wait_ms = -1;
 	if (s->paused || s->sink == NULL)
-		return false;
-	if (s->failing && GetCurrentTimestamp() < s->retry_at)
+		can_claim = false;
+	else if (s->failing && GetCurrentTimestamp() < s->retry_at)
 	{
 		long		secs;
 		int			usecs;
 
 		TimestampDifference(GetCurrentTimestamp(), s->retry_at, &secs, &usecs);
 		*wait_ms = secs * 1000 + usecs / 1000 + 1;
-		return false;
+		can_claim = false;
 	}
-	if (known && depth == 0 && !force &&
-		!TimestampDifferenceExceeds(s->last_claim, GetCurrentTimestamp(), bk_naptime_ms))
+	else if (known && (int64) depth - (prev->valid ? prev->build.nmsgs : 0) <= 0 && !force &&
+			 !TimestampDifferenceExceeds(s->last_claim, GetCurrentTimestamp(), bk_naptime_ms))
 	{
 		/*
-		 * Nothing committed is waiting (an in-flight batch still counts in depth).
+		 * Nothing committed is waiting (in-flight rows still count in depth).
 		 * The counter may undercount a commit that raced its rebuild after a
 		 * restart, so the queue is still looked at once per naptime.
 		 */
-		return false;
+		can_claim = false;
 	}
-
-	/* linger: a partial batch waits until its oldest row is max_wait_ms old */
-	if (!force && s->limits.max_wait_ms > 0 && known && depth < s->limits.batch_size)
+	else if (!force && !prev->valid && s->limits.max_wait_ms > 0 && known &&
+			 depth < s->limits.batch_size)
 	{
+		/* linger: a partial batch waits until its oldest row is max_wait_ms old */
 		int			r;
 		bool		isnull;
 		Datum		arg[1];
@@ -896,63 +967,81 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 			bk_flush_decision d = bk_flush_decide(&s->limits, depth, 0, age, 0);
 
 			if (!d.flush_now)
+			{
 				*wait_ms = d.wait_ms;
+				can_claim = false;
+			}
 		}
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
-		if (*wait_ms >= 0)
-			return false;
 	}
 
-	if (s->failing)
+	if (can_claim && s->failing)
 	{
-		rc = bk_sink_probe(s->sink, BK_PROBE_TIMEOUT_MS, &st);
-		drain_sink_logs(s);
-		if (rc != BK_OK)
+		if (bk_sink_probe(s->sink, BK_PROBE_TIMEOUT_MS, &st) != BK_OK)
 		{
+			drain_sink_logs(s);
 			fail_sink(s, st.message, 0);
 			*wait_ms = 1;
-			return false;
+			can_claim = false;
 		}
+		drain_sink_logs(s);
 	}
+	if (!can_claim && !prev->valid)
+		return false;
 
-	/* tx 1: claim (or replay) and decode */
-	MemoryContextReset(batch_cxt);
-	old = MemoryContextSwitchTo(batch_cxt);
+	/* one transaction: acknowledge the previous batch, claim and decode the next */
+	cxt = (prev->valid && prev->cxt == prev->cxts[0]) ? prev->cxts[1] : prev->cxts[0];
+	MemoryContextReset(cxt);
+	old = MemoryContextSwitchTo(cxt);
 	memset(&b, 0, sizeof(b));
 	b.sink = s;
 	initStringInfo(&b.arena);
 	MemoryContextSwitchTo(old);
 
 	bk_slot_set_state(my_slot, "claiming", s->name);
-	s->last_claim = GetCurrentTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (!sink_still_current(s))
+	if (prev->valid)
 	{
-		/* paused or altered since the last reload: reload before sending anything */
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		force_reload = true;
-		return false;
+		bk_slot_set_state(my_slot, "acknowledging", s->name);
+		dead_letter_and_ack(s, &prev->batch, &prev->build, prev->results, &dead);
+		acked = true;
 	}
-	old = MemoryContextSwitchTo(batch_cxt);
-	claimed = bk_claim_batch(s->sink_id, s->limits.batch_size ? s->limits.batch_size : PG_INT32_MAX,
-							 s->limits.max_batch_bytes ? (int64) s->limits.max_batch_bytes : PG_INT64_MAX,
-							 &batch);
-	if (claimed)
-		bk_batch_decode(&batch, s->format, collect_message, &b);
-	MemoryContextSwitchTo(old);
+	if (can_claim)
+	{
+		if (!sink_still_current(s))
+			force_reload = true;	/* paused or altered: reload before sending anything */
+		else
+		{
+			s->last_claim = GetCurrentTimestamp();
+			batch_cxt = cxt;	/* collect_message allocates here */
+			old = MemoryContextSwitchTo(cxt);
+			claimed = bk_claim_batch(s->sink_id,
+									 s->limits.batch_size ? s->limits.batch_size : PG_INT32_MAX,
+									 s->limits.max_batch_bytes ?
+									 (int64) s->limits.max_batch_bytes : PG_INT64_MAX,
+									 &batch);
+			if (claimed)
+				bk_batch_decode(&batch, s->format, collect_message, &b);
+			MemoryContextSwitchTo(old);
+		}
+	}
 	SPI_finish();
 	PopActiveSnapshot();
+	if (!s->is_redis || !claimed)
+		synchronous_commit = SYNCHRONOUS_COMMIT_OFF;
 	CommitTransactionCommand();
+	synchronous_commit = saved_sync;
+	if (acked)
+		finish_delivered(s, prev, dead);
 	if (!claimed)
 	{
-		stats_state(s, "idle");
-		return false;
+		if (!acked)
+			stats_state(s, s->paused ? "paused" : "idle");
+		return acked;
 	}
 	if (b.error[0])
 	{
@@ -962,10 +1051,9 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	}
 
 	/* build the core's message array (pointers into the arena, now stable) */
-	old = MemoryContextSwitchTo(batch_cxt);
+	old = MemoryContextSwitchTo(cxt);
 	msgs = palloc0(sizeof(bk_message) * Max(b.nmsgs, 1));
 	results = palloc0(sizeof(bk_send_result) * Max(b.nmsgs, 1));
-	lags = palloc(sizeof(double) * Max(b.nmsgs, 1));
 	{
 		bk_field   *fields = palloc0(sizeof(bk_field) * Max(b.nfields, 1));
 
@@ -1018,14 +1106,13 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	/* no transaction: send */
 	bk_slot_set_state(my_slot, "sending", s->name);
 	t0 = GetCurrentTimestamp();
-	rc = bk_sink_send_batch(s->sink, msgs, b.nmsgs, batch.batch_seq, results, s->send_timeout_ms,
-							&summary, &st);
-	seconds = (double) (GetCurrentTimestamp() - t0) / 1000000.0;
+	(void) bk_sink_send_batch(s->sink, msgs, b.nmsgs, batch.batch_seq, results, s->send_timeout_ms,
+							  &summary, &st);
 	drain_sink_logs(s);
 
 	if (summary.retryable > 0)
 	{
-		/* the sink (or the network) failed: replay the batch after a backoff */
+		/* the sink (or the network) failed: the batch stays in flight and is replayed */
 		fail_sink(s, st.message, summary.retryable);
 		ereport(LOG,
 				(errmsg("batchkit sink \"%s\": delivery of batch " INT64_FORMAT " failed, will retry: %s",
@@ -1048,27 +1135,14 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		}
 	}
 
-	/* tx 2: dead-letter what was refused for good, acknowledge */
-	bk_slot_set_state(my_slot, "acknowledging", s->name);
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	dead_letter_and_ack(s, &batch, &b, results, &dead);
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-
-	{
-		TimestampTz now = GetCurrentTimestamp();
-
-		for (int i = 0; i < b.nmsgs; i++)
-			lags[i] = (double) (now - b.msgs[i].captured_at) / 1000000.0;
-	}
-	stats_batch(s, b.nmsgs, dead, bytes, seconds, lags, b.nmsgs);
-	if (dead > 0)
-		ereport(WARNING,
-				(errmsg("batchkit sink \"%s\": %llu messages moved to batchkit.dead_letters: %s",
-						s->name, (unsigned long long) dead, st.message)));
+	/* delivered: acknowledged with the next claim (at once when nothing else waits) */
+	prev->valid = true;
+	prev->batch = batch;
+	prev->build = b;
+	prev->results = results;
+	prev->bytes = bytes;
+	prev->seconds = (double) (GetCurrentTimestamp() - t0) / 1000000.0;
+	prev->cxt = cxt;
 	s->failing = false;
 	s->failures = 0;
 	s->reject_batch = 0;
@@ -1131,7 +1205,6 @@ batchkit_flush_worker_main(Datum main_arg)
 		proc_exit(0);			/* the launcher tries again later */
 
 	sinks = MemoryContextAllocZero(TopMemoryContext, sizeof(SinkRuntime) * BK_MAX_SINKS_PER_DB);
-	batch_cxt = AllocSetContextCreate(TopMemoryContext, "batchkit batch", ALLOCSET_DEFAULT_SIZES);
 	StartTransactionCommand();
 	ereport(LOG, (errmsg("batchkit flush worker started for database \"%s\"",
 						 get_database_name(dboid))));
