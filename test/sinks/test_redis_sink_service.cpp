@@ -55,7 +55,27 @@ class RedisSinkTest : public ::testing::Test {
 
 } // namespace
 
-TEST_F(RedisSinkTest, XaddWritesDataOpTableAndIdempotencyKeyInOrder) {
+namespace {
+
+std::vector<std::map<std::string, std::string>> xrange(RedisClient &c, const std::string &key) {
+    std::vector<std::map<std::string, std::string>> out;
+    Reply x = c.cmd({"XRANGE", key, "-", "+"});
+    if (!x || x->type != REDIS_REPLY_ARRAY)
+        return out;
+    for (size_t i = 0; i < x->elements; i++) {
+        redisReply *fields = x->element[i]->element[1];
+        std::map<std::string, std::string> f;
+        for (size_t k = 0; k + 1 < fields->elements; k += 2)
+            f[fields->element[k]->str] = std::string(fields->element[k + 1]->str,
+                                                     fields->element[k + 1]->len);
+        out.push_back(f);
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_F(RedisSinkTest, XaddWritesDataAndIdempotencyKeyInOrder) {
     bk_sink *s = open({{"command", "xadd"}});
     ASSERT_NE(s, nullptr);
     std::string key = unique("stream");
@@ -69,22 +89,36 @@ TEST_F(RedisSinkTest, XaddWritesDataOpTableAndIdempotencyKeyInOrder) {
     ASSERT_EQ(send(s, m, 1, r, &sum), BK_OK);
     EXPECT_EQ(sum.ok, 3u);
     EXPECT_EQ(sum.fence_before, 0);
-    Reply x = client_->cmd({"XRANGE", key, "-", "+"});
-    ASSERT_TRUE(x && x->type == REDIS_REPLY_ARRAY);
-    ASSERT_EQ(x->elements, 3u);
+    auto entries = xrange(*client_, key);
+    ASSERT_EQ(entries.size(), 3u);
     const char *values[] = {v1.c_str(), v2.c_str(), v3.c_str()};
-    const char *ops[] = {"insert", "insert", "delete"};
     for (size_t i = 0; i < 3; i++) {
-        redisReply *fields = x->element[i]->element[1];
-        std::map<std::string, std::string> f;
-        for (size_t k = 0; k + 1 < fields->elements; k += 2)
-            f[fields->element[k]->str] = fields->element[k + 1]->str;
-        EXPECT_EQ(f["data"], values[i]);
-        EXPECT_EQ(f["op"], ops[i]);
-        EXPECT_EQ(f["table"], "public.t");
-        EXPECT_EQ(f["idempotency_key"], name_ + ":" + std::to_string(100 + i));
+        // The envelope carries op and table; the entry adds only the idempotency key.
+        EXPECT_EQ(entries[i].size(), 2u);
+        EXPECT_EQ(entries[i]["data"], values[i]);
+        EXPECT_EQ(entries[i]["idempotency_key"], name_ + ":" + std::to_string(100 + i));
     }
     EXPECT_EQ(client_->str({"GET", "batchkit:fence:" + name_}), "1");
+}
+
+TEST_F(RedisSinkTest, XaddInRowFormatAlsoCarriesOpAndTable) {
+    bk_sink *s = open({{"command", "xadd"}, {"format", "row"}});
+    ASSERT_NE(s, nullptr);
+    std::string key = unique("rows");
+    std::string v = "{\"id\":1}";
+    std::vector<bk_message> m = {message(key, v, 7, BK_OP_DELETE), message(key, v, 8, BK_OP_MESSAGE)};
+    m[0].table = "s.t";
+    m[0].table_len = 3;
+    std::vector<bk_send_result> r;
+    ASSERT_EQ(send(s, m, 1, r), BK_OK);
+    auto entries = xrange(*client_, key);
+    ASSERT_EQ(entries.size(), 2u);
+    EXPECT_EQ(entries[0]["op"], "delete");
+    EXPECT_EQ(entries[0]["table"], "s.t");
+    EXPECT_EQ(entries[0]["data"], v);
+    EXPECT_EQ(entries[1].count("op"), 0u); // an enqueue()d message has no op or table
+    EXPECT_EQ(entries[1].count("table"), 0u);
+    EXPECT_EQ(entries[1]["idempotency_key"], name_ + ":8");
 }
 
 TEST_F(RedisSinkTest, XaddMaxlenTrimsApproximately) {
@@ -347,4 +381,28 @@ TEST_F(RedisSinkTest, ProbeAndAuthFailure) {
                          {"url", "redis://:wrong@127.0.0.1:" + std::to_string(port_)}});
     EXPECT_EQ(bk_sink_probe(bad, 2000, &st), BK_UNAVAILABLE);
     EXPECT_NE(std::string(st.message).find("AUTH"), std::string::npos) << st.message;
+}
+
+TEST_F(RedisSinkTest, OutOfMemoryAbortsTheTransactionAsRetryable) {
+    PrivateRedis own(free_port());
+    ASSERT_TRUE(own.start()) << "could not start a private redis-server";
+    RedisClient admin(own.port());
+    bk_sink *s = open({{"command", "rpush"},
+                       {"url", "redis://127.0.0.1:" + std::to_string(own.port())}});
+    ASSERT_NE(s, nullptr);
+    std::string k = unique("oom");
+    std::string v(1000, 'v');
+    std::vector<bk_message> m = {message(k, v, 1), message(k, v, 2)};
+    std::vector<bk_send_result> r;
+    ASSERT_EQ(admin.str({"CONFIG", "SET", "maxmemory", "1"}), "OK");
+    EXPECT_EQ(send(s, m, 3, r), BK_UNAVAILABLE);
+    for (auto &x : r) {
+        EXPECT_EQ(x.code, BK_SEND_RETRYABLE);
+        EXPECT_NE(std::string(x.message).find("OOM"), std::string::npos) << x.message;
+    }
+    EXPECT_EQ(admin.integer({"EXISTS", k}), 0);
+    ASSERT_EQ(admin.str({"CONFIG", "SET", "maxmemory", "0"}), "OK");
+    EXPECT_EQ(admin.str({"GET", "batchkit:fence:" + name_}), "(nil)"); // fence not advanced
+    ASSERT_EQ(send(s, m, 3, r), BK_OK) << r[0].message; // same batch, same seq: now applied
+    EXPECT_EQ(admin.integer({"LLEN", k}), 2);
 }

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "sinks/kafka_sink.hpp"
-#include "sinks/redis_sink.hpp"
+#include "sinks/redis_protocol.hpp"
 
 using bk::kafka_classify_error;
 using bk::redis_classify_error;
