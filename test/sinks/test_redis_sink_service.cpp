@@ -361,11 +361,15 @@ TEST_F(RedisSinkTest, LargePipelinedBatch) {
         vals[i] = "{\"id\":" + std::to_string(i) + ",\"pad\":\"" + std::string(150, 'p') + "\"}";
         m.push_back(message(k, vals[i], i));
     }
+    // One invalid message (no key) in the middle of a batch sent in several chunks.
+    m[n / 2].target = nullptr;
+    m[n / 2].target_len = 0;
     std::vector<bk_send_result> r;
     bk_send_summary sum;
-    ASSERT_EQ(send(s, m, 1, r, &sum), BK_OK);
-    EXPECT_EQ(sum.ok, static_cast<size_t>(n));
-    EXPECT_EQ(client_->integer({"XLEN", k}), n);
+    ASSERT_EQ(send(s, m, 1, r, &sum), BK_REJECTED);
+    EXPECT_EQ(sum.ok, static_cast<size_t>(n - 1));
+    EXPECT_EQ(r[n / 2].code, BK_SEND_REJECTED);
+    EXPECT_EQ(client_->integer({"XLEN", k}), n - 1);
     Reply last = client_->cmd({"XREVRANGE", k, "+", "-", "COUNT", "1"});
     ASSERT_EQ(last->elements, 1u);
     redisReply *fields = last->element[0]->element[1];

@@ -322,37 +322,71 @@ void RedisSink::send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
                            bk_send_result *results, Clock::time_point deadline,
                            bk_send_summary *summary) {
     summary->fence_before = -1;
-    // Encode first: invalid messages are rejected without touching the network.
-    out_.clear();
-    cmd_owner_.clear();
-    out_.command({"WATCH", fence_key_});
-    out_.command({"GET", fence_key_});
-    out_.command({"MULTI"});
-    size_t valid = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char *why = nullptr;
-        size_t k = append_commands(msgs[i], &why);
-        if (k == 0) {
-            results[i] = {BK_SEND_REJECTED, -1, why ? why : "invalid message", -1, -1};
-            continue;
-        }
-        valid++;
-        cmd_owner_.insert(cmd_owner_.end(), k, static_cast<uint32_t>(i));
-    }
-    if (valid == 0)
-        return;
-    IntArg seq(batch_seq);
-    out_.command({"SET", fence_key_, seq.view()});
-
     auto fail_all = [&](const std::string &why) {
         const char *msg = keep_message(why);
         for (size_t i = 0; i < n; i++)
             if (results[i].code != BK_SEND_REJECTED)
                 results[i] = {BK_SEND_RETRYABLE, -1, msg, -1, -1};
     };
+    std::string unavailable; // why the batch cannot go out (then it is still encoded,
+                             // so that invalid messages are reported REJECTED)
+    if (n > 0) {
+        try {
+            connect(deadline, false);
+        } catch (const Error &e) {
+            if (e.code() != BK_UNAVAILABLE)
+                throw;
+            unavailable = e.what();
+        }
+    }
+    // Encode, sending every kChunk bytes as they are ready so that Redis parses and
+    // queues the start of the batch while the rest is being encoded.
+    static constexpr size_t kChunk = 256 * 1024;
+    size_t sent = 0;
+    out_.clear();
+    cmd_owner_.clear();
+    out_.command({"WATCH", fence_key_});
+    out_.command({"GET", fence_key_});
+    out_.command({"MULTI"});
+    size_t valid = 0;
     try {
-        connect(deadline, false);
-        send(out_.data(), deadline);
+        for (size_t i = 0; i < n; i++) {
+            const char *why = nullptr;
+            size_t k = append_commands(msgs[i], &why);
+            if (k == 0) {
+                results[i] = {BK_SEND_REJECTED, -1, why ? why : "invalid message", -1, -1};
+                continue;
+            }
+            valid++;
+            cmd_owner_.insert(cmd_owner_.end(), k, static_cast<uint32_t>(i));
+            if (unavailable.empty() && out_.data().size() - sent >= kChunk) {
+                try {
+                    send(out_.data().substr(sent), deadline);
+                    sent = out_.data().size();
+                } catch (const Error &e) {
+                    if (e.code() != BK_UNAVAILABLE)
+                        throw;
+                    unavailable = e.what();
+                }
+            }
+        }
+    } catch (...) {
+        // Out of memory half-way: the server may hold part of a MULTI; start afresh.
+        if (sent > 0)
+            disconnect("encoding the batch failed");
+        throw;
+    }
+    if (valid == 0)
+        return; // nothing was sent: the first chunk needs a valid message
+    if (!unavailable.empty()) {
+        fail_all(unavailable);
+        return;
+    }
+    IntArg seq(batch_seq);
+    out_.command({"SET", fence_key_, seq.view()});
+
+    try {
+        send(out_.data().substr(sent), deadline);
         RespItem watch = next(deadline);
         bool watch_ok = !watch.is_error();
         std::string problem = watch_ok ? "" : "WATCH failed: " + item_text(watch);
