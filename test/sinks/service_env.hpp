@@ -174,6 +174,10 @@ inline int32_t java_partition(const std::string &key, int32_t partitions) {
     return (java_murmur2(key) & 0x7fffffff) % partitions;
 }
 
+// The message points into target and value: they must outlive it (temporaries are refused).
+bk_message message(std::string &&, const std::string &, int64_t, uint8_t = BK_OP_INSERT) = delete;
+bk_message message(const std::string &, std::string &&, int64_t, uint8_t = BK_OP_INSERT) = delete;
+bk_message message(std::string &&, std::string &&, int64_t, uint8_t = BK_OP_INSERT) = delete;
 inline bk_message message(const std::string &target, const std::string &value, int64_t seq,
                           uint8_t op = BK_OP_INSERT) {
     bk_message m{};

@@ -215,8 +215,8 @@ TEST_F(KafkaSinkTest, UnreachableBrokerIsRetryableWithinTheTimeout) {
     bk_sink *s = open({{"bootstrap.servers", "127.0.0.1:" + std::to_string(free_port())},
                        {"topic", "t"}});
     ASSERT_NE(s, nullptr);
-    std::string v = "x";
-    std::vector<bk_message> m = {message("t", v, 1), message("t", v, 2)};
+    std::string v = "x", t = "t";
+    std::vector<bk_message> m = {message(t, v, 1), message(t, v, 2)};
     std::vector<bk_send_result> r(2);
     bk_status st{};
     auto t0 = Clock::now();

@@ -210,7 +210,8 @@ TEST_F(RedisSinkTest, HsetWritesOneFieldPerColumnDropsNullsAndDeletes) {
     std::string k = unique("h");
     bk_field f1[] = {{"id", 2, "7", 1}, {"name", 4, "ann", 3}, {"note", 4, "x y", 3}};
     bk_field f2[] = {{"id", 2, "7", 1}, {"name", 4, "bob", 3}, {"note", 4, nullptr, 0}};
-    std::vector<bk_message> m = {message(k, "", 1), message(k, "", 2, BK_OP_UPDATE)};
+    const std::string none;
+    std::vector<bk_message> m = {message(k, none, 1), message(k, none, 2, BK_OP_UPDATE)};
     m[0].fields = f1;
     m[0].nfields = 3;
     m[0].value = nullptr;
@@ -222,7 +223,7 @@ TEST_F(RedisSinkTest, HsetWritesOneFieldPerColumnDropsNullsAndDeletes) {
     EXPECT_EQ(client_->str({"HGET", k, "name"}), "bob");
     EXPECT_EQ(client_->integer({"HEXISTS", k, "note"}), 0); // NULL column: field removed
     EXPECT_EQ(client_->integer({"HLEN", k}), 2);
-    std::vector<bk_message> d = {message(k, "", 3, BK_OP_DELETE)};
+    std::vector<bk_message> d = {message(k, none, 3, BK_OP_DELETE)};
     ASSERT_EQ(send(s, d, 2, r), BK_OK);
     EXPECT_EQ(client_->integer({"EXISTS", k}), 0);
 }
@@ -296,7 +297,8 @@ TEST_F(RedisSinkTest, WrongTypeRejectsOneMessageAndAppliesTheRest) {
     std::string hk1 = unique("hk1"), hk2 = unique("hk2");
     ASSERT_EQ(client_->integer({"RPUSH", hk2, "x"}), 1);
     bk_field f[] = {{"id", 2, "1", 1}};
-    std::vector<bk_message> hm = {message(hk1, "", 1), message(hk2, "", 2)};
+    const std::string none;
+    std::vector<bk_message> hm = {message(hk1, none, 1), message(hk2, none, 2)};
     for (auto &x : hm)
         x.fields = f, x.nfields = 1;
     r.assign(2, {});
