@@ -246,6 +246,10 @@ void RespReader::drain_available() {
 
 RespItem RespReader::next(std::chrono::steady_clock::time_point deadline) {
     for (;;) {
+        if (start_ == end_) { // nothing buffered (buf_ may not even be allocated yet)
+            fill(deadline);
+            continue;
+        }
         // A line: type byte, text, CRLF.
         const char *b = buf_.data() + start_;
         const char *e = buf_.data() + end_;
