@@ -70,8 +70,8 @@ void build_corpus(Corpus &c, size_t n) {
             std::exit(1);
         }
     }
-    c.encode_ns_per_row =
-        std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / static_cast<double>(n);
+    c.encode_ns_per_row = std::chrono::duration<double, std::nano>(Clock::now() - t0).count() /
+                          static_cast<double>(n);
 }
 
 // redis-server's own CPU seconds (user + sys), from INFO cpu; -1 if unknown.
@@ -114,14 +114,15 @@ double process_cpu_seconds(int pid) {
         return -1;
     unsigned long utime = 0, stime = 0;
     // state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-    if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
+    if (std::sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) !=
+        2)
         return -1;
     return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 bool run(const char *kind, const std::vector<std::pair<std::string, std::string>> &opts,
-         const Corpus &c, size_t batch, const std::string &target, bool with_key, int redis_port = 0, int server_pid = 0,
-         bool key_per_message = false) {
+         const Corpus &c, size_t batch, const std::string &target, bool with_key,
+         int redis_port = 0, int server_pid = 0, bool key_per_message = false) {
     std::vector<bk_sink_option> o;
     for (auto &kv : opts)
         o.push_back({kv.first.c_str(), kv.second.c_str()});
@@ -178,8 +179,8 @@ bool run(const char *kind, const std::vector<std::pair<std::string, std::string>
     double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     double cpu = cpu_seconds() - cpu0;
     bk_sink_close(s);
-    std::printf("%-6s batch=%-6zu %zu msgs in %.3f s = %9.0f msgs/s   (bench CPU %.2f us/msg",
-                kind, batch, acked, secs, static_cast<double>(acked) / secs,
+    std::printf("%-6s batch=%-6zu %zu msgs in %.3f s = %9.0f msgs/s   (bench CPU %.2f us/msg", kind,
+                batch, acked, secs, static_cast<double>(acked) / secs,
                 cpu * 1e6 / static_cast<double>(acked));
     if (server0 >= 0)
         std::printf(", redis-server CPU %.2f us/msg",
@@ -235,11 +236,13 @@ int main(int argc, char **argv) {
         } else if (a == "--kafka-opt") {
             std::string v = next();
             size_t eq = v.find('=');
-            kafka_opts.push_back({v.substr(0, eq), eq == std::string::npos ? "" : v.substr(eq + 1)});
+            kafka_opts.push_back(
+                {v.substr(0, eq), eq == std::string::npos ? "" : v.substr(eq + 1)});
         } else {
-            std::fprintf(stderr, "usage: bench_sinks [--redis-port P] [--kafka BOOTSTRAP] "
-                                 "[--messages N] [--batches 1000,10000] [--only redis|kafka|envelope] "
-                                 "[--kafka-opt key=value]...\n");
+            std::fprintf(stderr,
+                         "usage: bench_sinks [--redis-port P] [--kafka BOOTSTRAP] "
+                         "[--messages N] [--batches 1000,10000] [--only redis|kafka|envelope] "
+                         "[--kafka-opt key=value]...\n");
             return 2;
         }
     }
@@ -263,7 +266,8 @@ int main(int argc, char **argv) {
             // Leave the server as we found it.
             redisContext *rc = redisConnect("127.0.0.1", std::stoi(redis_port));
             if (rc && !rc->err) {
-                freeReplyObject(redisCommand(rc, "DEL %s batchkit:fence:%s", stream.c_str(), name.c_str()));
+                freeReplyObject(
+                    redisCommand(rc, "DEL %s batchkit:fence:%s", stream.c_str(), name.c_str()));
                 if (per_key) { // the per-row keys (ids repeat every 100000 rows)
                     std::vector<std::string> keys;
                     for (size_t id = 0; id < std::min<size_t>(n, 100000); id++) {
@@ -286,8 +290,8 @@ int main(int argc, char **argv) {
                 redisFree(rc);
         }
         if ((only.empty() || only == "kafka") && !kafka.empty()) {
-            std::vector<std::pair<std::string, std::string>> o = {
-                {"name", "bench"}, {"bootstrap.servers", kafka}};
+            std::vector<std::pair<std::string, std::string>> o = {{"name", "bench"},
+                                                                  {"bootstrap.servers", kafka}};
             o.insert(o.end(), kafka_opts.begin(), kafka_opts.end());
             std::string topic = "bench-" + std::to_string(b) + "-" + std::to_string(getpid());
             ok &= run("kafka", o, c, b, topic, true, 0, kafka_pid);

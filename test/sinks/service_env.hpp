@@ -145,7 +145,8 @@ inline int32_t java_murmur2(const std::string &key) {
     size_t len = key.size();
     uint32_t h = 0x9747b28c ^ static_cast<uint32_t>(len);
     for (size_t i = 0; i + 4 <= len; i += 4) {
-        uint32_t k = d[i] | (d[i + 1] << 8) | (d[i + 2] << 16) | (static_cast<uint32_t>(d[i + 3]) << 24);
+        uint32_t k =
+            d[i] | (d[i + 1] << 8) | (d[i + 2] << 16) | (static_cast<uint32_t>(d[i + 3]) << 24);
         k *= m;
         k ^= k >> r;
         k *= m;

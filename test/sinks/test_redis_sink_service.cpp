@@ -40,8 +40,8 @@ class RedisSinkTest : public ::testing::Test {
             sinks_.push_back(s);
         return s;
     }
-    bk_code send(bk_sink *s, std::vector<bk_message> &m, int64_t seq, std::vector<bk_send_result> &r,
-                 bk_send_summary *sum = nullptr) {
+    bk_code send(bk_sink *s, std::vector<bk_message> &m, int64_t seq,
+                 std::vector<bk_send_result> &r, bk_send_summary *sum = nullptr) {
         r.assign(m.size(), bk_send_result{});
         bk_status st{};
         return bk_sink_send_batch(s, m.data(), m.size(), seq, r.data(), 5000, sum, &st);
@@ -66,8 +66,8 @@ std::vector<std::map<std::string, std::string>> xrange(RedisClient &c, const std
         redisReply *fields = x->element[i]->element[1];
         std::map<std::string, std::string> f;
         for (size_t k = 0; k + 1 < fields->elements; k += 2)
-            f[fields->element[k]->str] = std::string(fields->element[k + 1]->str,
-                                                     fields->element[k + 1]->len);
+            f[fields->element[k]->str] =
+                std::string(fields->element[k + 1]->str, fields->element[k + 1]->len);
         out.push_back(f);
     }
     return out;
@@ -106,7 +106,8 @@ TEST_F(RedisSinkTest, XaddInRowFormatAlsoCarriesOpAndTable) {
     ASSERT_NE(s, nullptr);
     std::string key = unique("rows");
     std::string v = "{\"id\":1}";
-    std::vector<bk_message> m = {message(key, v, 7, BK_OP_DELETE), message(key, v, 8, BK_OP_MESSAGE)};
+    std::vector<bk_message> m = {message(key, v, 7, BK_OP_DELETE),
+                                 message(key, v, 8, BK_OP_MESSAGE)};
     m[0].table = "s.t";
     m[0].table_len = 3;
     std::vector<bk_send_result> r;
@@ -311,8 +312,8 @@ TEST_F(RedisSinkTest, WrongTypeRejectsOneMessageAndAppliesTheRest) {
 TEST_F(RedisSinkTest, ReconnectsAfterARestart) {
     PrivateRedis own(free_port());
     ASSERT_TRUE(own.start()) << "could not start a private redis-server";
-    bk_sink *s = open({{"command", "rpush"},
-                       {"url", "redis://127.0.0.1:" + std::to_string(own.port())}});
+    bk_sink *s =
+        open({{"command", "rpush"}, {"url", "redis://127.0.0.1:" + std::to_string(own.port())}});
     ASSERT_NE(s, nullptr);
     std::string k = unique("restart");
     std::string v1 = "one", v2 = "two";
@@ -383,8 +384,8 @@ TEST_F(RedisSinkTest, ProbeAndAuthFailure) {
     bk_status st{};
     EXPECT_EQ(bk_sink_probe(s, 2000, &st), BK_OK) << st.message;
     // A password the server does not expect: AUTH fails, the batch is retryable.
-    bk_sink *bad = open({{"command", "xadd"},
-                         {"url", "redis://:wrong@127.0.0.1:" + std::to_string(port_)}});
+    bk_sink *bad =
+        open({{"command", "xadd"}, {"url", "redis://:wrong@127.0.0.1:" + std::to_string(port_)}});
     EXPECT_EQ(bk_sink_probe(bad, 2000, &st), BK_UNAVAILABLE);
     EXPECT_NE(std::string(st.message).find("AUTH"), std::string::npos) << st.message;
 }
@@ -393,8 +394,8 @@ TEST_F(RedisSinkTest, OutOfMemoryAbortsTheTransactionAsRetryable) {
     PrivateRedis own(free_port());
     ASSERT_TRUE(own.start()) << "could not start a private redis-server";
     RedisClient admin(own.port());
-    bk_sink *s = open({{"command", "rpush"},
-                       {"url", "redis://127.0.0.1:" + std::to_string(own.port())}});
+    bk_sink *s =
+        open({{"command", "rpush"}, {"url", "redis://127.0.0.1:" + std::to_string(own.port())}});
     ASSERT_NE(s, nullptr);
     std::string k = unique("oom");
     std::string v(1000, 'v');

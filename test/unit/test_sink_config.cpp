@@ -73,8 +73,8 @@ TEST(SinkKafkaConfig, WithoutIdempotenceOnlyOneRequestInFlightKeepsOrder) {
 
 TEST(SinkKafkaConfig, OpenRejectsBadPropertiesByName) {
     bk_status st{};
-    bk_sink_option bad[] = {{"name", "k"}, {"bootstrap.servers", "127.0.0.1:1"},
-                            {"linger.ms", "banana"}};
+    bk_sink_option bad[] = {
+        {"name", "k"}, {"bootstrap.servers", "127.0.0.1:1"}, {"linger.ms", "banana"}};
     EXPECT_EQ(bk_sink_open("kafka", bad, 3, &st), nullptr);
     EXPECT_EQ(st.code, BK_INVALID_ARGUMENT);
     EXPECT_NE(std::string(st.message).find("linger.ms"), std::string::npos) << st.message;
@@ -177,10 +177,14 @@ struct Pipe {
         close(fd[0]);
         close(fd[1]);
     }
-    void server_says(const std::string &s) { ASSERT_EQ(write(fd[1], s.data(), s.size()), (ssize_t)s.size()); }
+    void server_says(const std::string &s) {
+        ASSERT_EQ(write(fd[1], s.data(), s.size()), (ssize_t)s.size());
+    }
 };
 
-auto soon() { return std::chrono::steady_clock::now() + std::chrono::milliseconds(500); }
+auto soon() {
+    return std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+}
 
 } // namespace
 

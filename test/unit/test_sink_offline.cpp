@@ -52,7 +52,8 @@ bk_message msg(const char *v, int64_t seq) {
 
 TEST(SinkOffline, RedisDownGivesRetryableQuicklyAndBacksOff) {
     std::string url = "redis://127.0.0.1:" + std::to_string(closed_port());
-    bk_sink_option o[] = {{"name", "off"}, {"command", "rpush"}, {"key", "k"}, {"url", url.c_str()}};
+    bk_sink_option o[] = {
+        {"name", "off"}, {"command", "rpush"}, {"key", "k"}, {"url", url.c_str()}};
     bk_status st{};
     auto t0 = Clock::now();
     bk_sink *s = bk_sink_open("redis", o, 4, &st);
@@ -108,8 +109,8 @@ TEST(SinkOffline, RedisInvalidMessagesAreRejectedWithoutTheNetwork) {
 
 TEST(SinkOffline, KafkaBrokerDownGivesRetryableWithinTheTimeout) {
     std::string bootstrap = "127.0.0.1:" + std::to_string(closed_port());
-    bk_sink_option o[] = {{"name", "koff"}, {"bootstrap.servers", bootstrap.c_str()},
-                          {"topic", "t"}};
+    bk_sink_option o[] = {
+        {"name", "koff"}, {"bootstrap.servers", bootstrap.c_str()}, {"topic", "t"}};
     bk_status st{};
     auto t0 = Clock::now();
     bk_sink *s = bk_sink_open("kafka", o, 3, &st);
@@ -144,8 +145,10 @@ TEST(SinkOffline, KafkaBrokerDownGivesRetryableWithinTheTimeout) {
 
 TEST(SinkOffline, KafkaRejectsOversizedMessagesLocally) {
     std::string bootstrap = "127.0.0.1:" + std::to_string(closed_port());
-    bk_sink_option o[] = {{"name", "koff"}, {"bootstrap.servers", bootstrap.c_str()},
-                          {"topic", "t"}, {"message.max.bytes", "10000"}};
+    bk_sink_option o[] = {{"name", "koff"},
+                          {"bootstrap.servers", bootstrap.c_str()},
+                          {"topic", "t"},
+                          {"message.max.bytes", "10000"}};
     bk_status st{};
     bk_sink *s = bk_sink_open("kafka", o, 4, &st);
     ASSERT_NE(s, nullptr) << st.message;
@@ -163,8 +166,8 @@ TEST(SinkOffline, KafkaRejectsOversizedMessagesLocally) {
 TEST(SinkOffline, KafkaLargeBatchToADeadBrokerStopsAtTheDeadline) {
     // More messages than one send window: the window wait must honour the deadline too.
     std::string bootstrap = "127.0.0.1:" + std::to_string(closed_port());
-    bk_sink_option o[] = {{"name", "koff"}, {"bootstrap.servers", bootstrap.c_str()},
-                          {"topic", "t"}};
+    bk_sink_option o[] = {
+        {"name", "koff"}, {"bootstrap.servers", bootstrap.c_str()}, {"topic", "t"}};
     bk_status st{};
     bk_sink *s = bk_sink_open("kafka", o, 3, &st);
     ASSERT_NE(s, nullptr) << st.message;

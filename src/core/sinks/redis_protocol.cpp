@@ -61,8 +61,8 @@ char *put_header(char *p, char kind, uint64_t n) {
 }
 
 int ms_until(std::chrono::steady_clock::time_point deadline) {
-    auto d = std::chrono::duration_cast<std::chrono::milliseconds>(
-                 deadline - std::chrono::steady_clock::now())
+    auto d = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
+                                                                   std::chrono::steady_clock::now())
                  .count();
     if (d <= 0)
         return 0;
@@ -151,9 +151,8 @@ bk_send_code redis_classify_error(std::string_view reply) {
     if (word == "ERR") {
         // Generic errors are about the command (arity, syntax, bad integer, ...),
         // except the few that describe the server's or the connection's state.
-        static const char *const transient[] = {"max number of clients",
-                                                "MULTI calls can not be nested",
-                                                "EXEC without MULTI"};
+        static const char *const transient[] = {
+            "max number of clients", "MULTI calls can not be nested", "EXEC without MULTI"};
         for (const char *t : transient)
             if (reply.find(t) != std::string_view::npos)
                 return BK_SEND_RETRYABLE;
@@ -167,7 +166,8 @@ bk_send_code redis_classify_error(std::string_view reply) {
 
 RedisCommand parse_redis_command(const std::string &s) {
     std::string c = s;
-    std::transform(c.begin(), c.end(), c.begin(), [](unsigned char ch) { return std::tolower(ch); });
+    std::transform(c.begin(), c.end(), c.begin(),
+                   [](unsigned char ch) { return std::tolower(ch); });
     if (c == "xadd")
         return RedisCommand::Xadd;
     if (c == "lpush")
@@ -180,9 +180,10 @@ RedisCommand parse_redis_command(const std::string &s) {
         return RedisCommand::Set;
     if (c == "hset")
         return RedisCommand::Hset;
-    throw Error(BK_INVALID_ARGUMENT,
-                "redis option \"command\" must be xadd, lpush, rpush, publish, set or hset, not \"" +
-                    s + "\"");
+    throw Error(
+        BK_INVALID_ARGUMENT,
+        "redis option \"command\" must be xadd, lpush, rpush, publish, set or hset, not \"" + s +
+            "\"");
 }
 
 void RespWriter::command(const std::string_view *args, size_t n) {
@@ -202,7 +203,9 @@ void RespWriter::command(const std::string_view *args, size_t n) {
     buf_.len = static_cast<size_t>(p - buf_.data);
 }
 
-IntArg::IntArg(int64_t v) { len = static_cast<size_t>(std::to_chars(buf, buf + sizeof buf, v).ptr - buf); }
+IntArg::IntArg(int64_t v) {
+    len = static_cast<size_t>(std::to_chars(buf, buf + sizeof buf, v).ptr - buf);
+}
 
 void RespReader::fill(std::chrono::steady_clock::time_point deadline) {
     if (start_ > 0 && (start_ == end_ || start_ > buf_.size() / 2)) {
@@ -253,7 +256,8 @@ RespItem RespReader::next(std::chrono::steady_clock::time_point deadline) {
         // A line: type byte, text, CRLF.
         const char *b = buf_.data() + start_;
         const char *e = buf_.data() + end_;
-        const char *lf = static_cast<const char *>(std::memchr(b, '\n', static_cast<size_t>(e - b)));
+        const char *lf =
+            static_cast<const char *>(std::memchr(b, '\n', static_cast<size_t>(e - b)));
         if (lf == nullptr || lf == b || lf[-1] != '\r') {
             if (lf != nullptr)
                 throw Error(BK_UNAVAILABLE, "redis: protocol error (line without CR)");
@@ -292,8 +296,8 @@ RespItem RespReader::next(std::chrono::steady_clock::time_point deadline) {
             return it;
         }
         default:
-            throw Error(BK_UNAVAILABLE, std::string("redis: protocol error (reply type '") +
-                                            it.type + "')");
+            throw Error(BK_UNAVAILABLE,
+                        std::string("redis: protocol error (reply type '") + it.type + "')");
         }
     }
 }

@@ -70,8 +70,8 @@ struct IntArg {
 
 // One RESP reply (or, for arrays, its header: the elements follow as further items).
 struct RespItem {
-    char type;          // '+', '-', ':', '$', '*'
-    int64_t n = 0;      // integer value, bulk length or array count (-1: nil)
+    char type;            // '+', '-', ':', '$', '*'
+    int64_t n = 0;        // integer value, bulk length or array count (-1: nil)
     std::string_view str; // simple string, error or bulk payload
     bool is_error() const { return type == '-'; }
     bool is_nil() const { return (type == '$' || type == '*') && n < 0; }

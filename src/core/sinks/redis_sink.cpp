@@ -85,8 +85,7 @@ std::string hiredis_text(const redisReply *r) {
 RedisSink::RedisSink(const Options &opts)
     : Sink(opts), ep_(parse_redis_url(opts.get_or("url", "redis://127.0.0.1:6379/0"))),
       command_(parse_redis_command(opts.get_or("command", ""))),
-      row_format_(opts.get_or("format", "envelope") == "row"),
-      default_key_(opts.get_or("key", "")),
+      row_format_(opts.get_or("format", "envelope") == "row"), default_key_(opts.get_or("key", "")),
       maxlen_(opts.get_int("maxlen", 0, 0, INT64_MAX)),
       ttl_ms_(opts.get_int("ttl_ms", 0, 0, INT64_MAX)),
       connect_timeout_ms_(static_cast<int>(opts.get_int("connect_timeout_ms", 2000, 1, 600000))) {
@@ -116,7 +115,8 @@ void RedisSink::connect(Clock::time_point deadline, bool ignore_backoff) {
         return;
     auto now = Clock::now();
     if (!ignore_backoff && now < next_connect_) {
-        auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_connect_ - now).count();
+        auto wait =
+            std::chrono::duration_cast<std::chrono::milliseconds>(next_connect_ - now).count();
         throw Error(BK_UNAVAILABLE, "redis: not connected (" + last_error_ + "); next attempt in " +
                                         std::to_string(wait) + " ms");
     }
@@ -206,7 +206,8 @@ int64_t RedisSink::parse_fence(const RespItem &r) const {
     if (r.is_nil())
         return 0;
     if (r.type != '$')
-        throw Error(BK_UNAVAILABLE, "redis: reading fence key " + fence_key_ + " failed: " + item_text(r));
+        throw Error(BK_UNAVAILABLE,
+                    "redis: reading fence key " + fence_key_ + " failed: " + item_text(r));
     std::string s(r.str);
     char *end = nullptr;
     errno = 0;
@@ -218,8 +219,8 @@ int64_t RedisSink::parse_fence(const RespItem &r) const {
 }
 
 size_t RedisSink::append_commands(const bk_message &m, const char **why) {
-    std::string_view key = m.target ? std::string_view(m.target, m.target_len)
-                                    : std::string_view(default_key_);
+    std::string_view key =
+        m.target ? std::string_view(m.target, m.target_len) : std::string_view(default_key_);
     if (key.empty()) {
         *why = "no key: the message has no target and the sink no \"key\" option";
         return 0;
@@ -245,7 +246,8 @@ size_t RedisSink::append_commands(const bk_message &m, const char **why) {
         for (std::string_view a : {std::string_view("XADD"), key})
             args_.push_back(a);
         if (maxlen_)
-            for (std::string_view a : {std::string_view("MAXLEN"), std::string_view("~"), maxlen.view()})
+            for (std::string_view a :
+                 {std::string_view("MAXLEN"), std::string_view("~"), maxlen.view()})
                 args_.push_back(a);
         for (std::string_view a : {std::string_view("*"), std::string_view("data"), value,
                                    std::string_view("idempotency_key"), idkey})

@@ -38,7 +38,7 @@ class RedisSink final : public Sink {
     size_t append_commands(const bk_message &m, const char **why);
     void connect(Clock::time_point deadline, bool ignore_backoff);
     void disconnect(const std::string &why) noexcept;
-    RespItem next(Clock::time_point deadline);  // drops the connection on failure
+    RespItem next(Clock::time_point deadline); // drops the connection on failure
     void send(std::string_view bytes, Clock::time_point deadline);
     int64_t parse_fence(const RespItem &r) const;
     void skip_item(const RespItem &r, Clock::time_point deadline); // an array's elements
@@ -48,8 +48,8 @@ class RedisSink final : public Sink {
     bool row_format_; // stream entries carry op and table themselves (no envelope)
     std::string default_key_;
     std::string fence_key_;
-    int64_t maxlen_;  // xadd MAXLEN ~ N; 0 = none
-    int64_t ttl_ms_;  // set PX; 0 = none
+    int64_t maxlen_; // xadd MAXLEN ~ N; 0 = none
+    int64_t ttl_ms_; // set PX; 0 = none
     int connect_timeout_ms_;
 
     redisContext *ctx_ = nullptr;
