@@ -104,6 +104,8 @@ TEST(SinkOffline, RedisInvalidMessagesAreRejectedWithoutTheNetwork) {
     EXPECT_NE(std::string(r[0].message).find("no key"), std::string::npos);
     EXPECT_EQ(r[1].code, BK_SEND_REJECTED);
     EXPECT_NE(std::string(r[1].message).find("fields"), std::string::npos);
+    bk_log_entry e;
+    EXPECT_EQ(bk_sink_next_log(s, &e), 0) << "connected for nothing: " << e.message;
     bk_sink_close(s);
 }
 

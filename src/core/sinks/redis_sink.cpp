@@ -330,21 +330,30 @@ void RedisSink::send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
             if (results[i].code != BK_SEND_REJECTED)
                 results[i] = {BK_SEND_RETRYABLE, -1, msg, -1, -1};
     };
-    std::string unavailable; // why the batch cannot go out (then it is still encoded,
-                             // so that invalid messages are reported REJECTED)
-    if (n > 0) {
+    std::string unavailable; // why the batch cannot go out (it is still encoded to
+                             // the end, so that invalid messages are reported REJECTED)
+    bool tried_connect = false;
+    size_t sent = 0;               // bytes of out_ already on the socket
+    auto stream = [&](bool last) { // send what is encoded so far
+        if (!unavailable.empty())
+            return;
         try {
-            connect(deadline, false);
+            if (!tried_connect) {
+                tried_connect = true;
+                connect(deadline, false);
+            }
+            if (!last)
+                send(out_.data().substr(sent), deadline);
         } catch (const Error &e) {
             if (e.code() != BK_UNAVAILABLE)
                 throw;
             unavailable = e.what();
         }
-    }
+    };
     // Encode, sending every kChunk bytes as they are ready so that Redis parses and
-    // queues the start of the batch while the rest is being encoded.
+    // queues the start of the batch while the rest is being encoded. Nothing touches
+    // the network before the first valid message.
     static constexpr size_t kChunk = 256 * 1024;
-    size_t sent = 0;
     out_.clear();
     cmd_owner_.clear();
     out_.command({"WATCH", fence_key_});
@@ -361,15 +370,10 @@ void RedisSink::send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
             }
             valid++;
             cmd_owner_.insert(cmd_owner_.end(), k, static_cast<uint32_t>(i));
-            if (unavailable.empty() && out_.data().size() - sent >= kChunk) {
-                try {
-                    send(out_.data().substr(sent), deadline);
+            if (out_.data().size() - sent >= kChunk) {
+                stream(false);
+                if (unavailable.empty())
                     sent = out_.data().size();
-                } catch (const Error &e) {
-                    if (e.code() != BK_UNAVAILABLE)
-                        throw;
-                    unavailable = e.what();
-                }
             }
         }
     } catch (...) {
@@ -379,7 +383,8 @@ void RedisSink::send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
         throw;
     }
     if (valid == 0)
-        return; // nothing was sent: the first chunk needs a valid message
+        return;   // nothing was sent: the first chunk needs a valid message
+    stream(true); // connects if no chunk went out yet
     if (!unavailable.empty()) {
         fail_all(unavailable);
         return;
