@@ -30,7 +30,9 @@ typedef struct bk_buf {
     size_t cap;
 } bk_buf;
 
+/* clang-format off */
 #define BK_BUF_INIT {NULL, 0, 0}
+/* clang-format on */
 
 /* Make room for `extra` more bytes after len (data + len .. + extra writable). */
 bk_code bk_buf_reserve(bk_buf *buf, size_t extra, bk_status *st);
@@ -48,14 +50,14 @@ typedef struct bk_slice {
 /* One change, as the shim has it. JSON parts are valid JSON text (Postgres's
  * own rendering) and are copied as is; NULL renders as null. */
 typedef struct bk_envelope {
-    uint8_t op;        /* bk_op from batchkit/sink.h: insert, update, delete */
-    bk_slice table;    /* "schema.name" (escaped as a JSON string) */
-    bk_slice key;      /* JSON object of the key columns */
-    bk_slice before;   /* JSON object or NULL */
-    bk_slice after;    /* JSON object or NULL */
+    uint8_t op;      /* bk_op from batchkit/sink.h: insert, update, delete */
+    bk_slice table;  /* "schema.name" (escaped as a JSON string) */
+    bk_slice key;    /* JSON object of the key columns */
+    bk_slice before; /* JSON object or NULL */
+    bk_slice after;  /* JSON object or NULL */
     uint64_t txid;
     int64_t seq;
-    bk_slice ts;       /* commit/capture timestamp text, escaped as a JSON string */
+    bk_slice ts; /* commit/capture timestamp text, escaped as a JSON string */
 } bk_envelope;
 
 /*
@@ -77,8 +79,8 @@ bk_code bk_envelope_append(bk_buf *out, const bk_envelope *env, size_t *offset, 
 typedef struct bk_template bk_template;
 
 bk_template *bk_template_compile(const char *text, const char *sink, const char *schema,
-                                 const char *table, const char *const *columns,
-                                 size_t ncolumns, bk_status *st);
+                                 const char *table, const char *const *columns, size_t ncolumns,
+                                 bk_status *st);
 void bk_template_free(bk_template *tpl);
 
 /* 1 when the template uses no column (render it once per table). */

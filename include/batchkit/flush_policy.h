@@ -32,8 +32,8 @@ typedef enum bk_flush_reason {
 } bk_flush_reason;
 
 typedef struct bk_flush_decision {
-    int flush_now;    /* 1: claim a batch now */
-    int64_t wait_ms;  /* when flush_now == 0: how long to wait; -1 = until woken */
+    int flush_now;   /* 1: claim a batch now */
+    int64_t wait_ms; /* when flush_now == 0: how long to wait; -1 = until woken */
     bk_flush_reason reason;
 } bk_flush_decision;
 
@@ -62,9 +62,9 @@ typedef struct bk_retry_policy {
 } bk_retry_policy;
 
 typedef enum bk_retry_action {
-    BK_RETRY_NONE = 0,        /* delivered: nothing to do */
-    BK_RETRY_AFTER = 1,       /* send again after delay_ms */
-    BK_RETRY_DEAD_LETTER = 2  /* move the message to dead_letters and go on */
+    BK_RETRY_NONE = 0,       /* delivered: nothing to do */
+    BK_RETRY_AFTER = 1,      /* send again after delay_ms */
+    BK_RETRY_DEAD_LETTER = 2 /* move the message to dead_letters and go on */
 } bk_retry_action;
 
 typedef struct bk_retry_decision {

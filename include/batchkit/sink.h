@@ -66,8 +66,7 @@ typedef struct bk_sink_option {
  * to check reachability. Returns NULL and fills *st on failure
  * (BK_INVALID_ARGUMENT for a bad option, with the option named).
  */
-bk_sink *bk_sink_open(const char *kind, const bk_sink_option *opts, size_t nopts,
-                      bk_status *st);
+bk_sink *bk_sink_open(const char *kind, const bk_sink_option *opts, size_t nopts, bk_status *st);
 
 /* Close a sink: purges anything still queued in librdkafka (nothing is, between
  * send calls), destroys the producer/connection. NULL is a no-op. */
@@ -203,10 +202,10 @@ bk_code bk_sink_read_fence(bk_sink *sink, int64_t *fence, int timeout_ms, bk_sta
 
 /* A log line from the sink's client library or from the core (reconnects). */
 typedef struct bk_log_entry {
-    int level;          /* syslog level: 3 error, 4 warning, 6 info, 7 debug */
-    char facility[32];  /* librdkafka facility ("FAIL", "REQTMOUT", ...) or "redis" */
+    int level;         /* syslog level: 3 error, 4 warning, 6 info, 7 debug */
+    char facility[32]; /* librdkafka facility ("FAIL", "REQTMOUT", ...) or "redis" */
     char message[BK_STATUS_MESSAGE_MAX];
-    uint64_t dropped;   /* entries dropped before this one (queue full) */
+    uint64_t dropped; /* entries dropped before this one (queue full) */
 } bk_log_entry;
 
 /* Pop the oldest queued log entry into *out: 1 if one was copied, 0 if the

@@ -145,7 +145,8 @@ inline int32_t java_murmur2(const std::string &key) {
     size_t len = key.size();
     uint32_t h = 0x9747b28c ^ static_cast<uint32_t>(len);
     for (size_t i = 0; i + 4 <= len; i += 4) {
-        uint32_t k = d[i] | (d[i + 1] << 8) | (d[i + 2] << 16) | (static_cast<uint32_t>(d[i + 3]) << 24);
+        uint32_t k =
+            d[i] | (d[i + 1] << 8) | (d[i + 2] << 16) | (static_cast<uint32_t>(d[i + 3]) << 24);
         k *= m;
         k ^= k >> r;
         k *= m;
@@ -174,6 +175,10 @@ inline int32_t java_partition(const std::string &key, int32_t partitions) {
     return (java_murmur2(key) & 0x7fffffff) % partitions;
 }
 
+// The message points into target and value: they must outlive it (temporaries are refused).
+bk_message message(std::string &&, const std::string &, int64_t, uint8_t = BK_OP_INSERT) = delete;
+bk_message message(const std::string &, std::string &&, int64_t, uint8_t = BK_OP_INSERT) = delete;
+bk_message message(std::string &&, std::string &&, int64_t, uint8_t = BK_OP_INSERT) = delete;
 inline bk_message message(const std::string &target, const std::string &value, int64_t seq,
                           uint8_t op = BK_OP_INSERT) {
     bk_message m{};

@@ -133,7 +133,8 @@ TEST_F(KafkaSinkTest, Delivers100kKeyedMessagesPartitionedLikeJava) {
     for (size_t i = 0; i < n; i++) {
         keys[i] = "k" + std::to_string(i % 997);
         vals[i] = "{\"i\":" + std::to_string(i) + "}";
-        m[i] = message(topic, vals[i], static_cast<int64_t>(i), i % 3 ? BK_OP_UPDATE : BK_OP_INSERT);
+        m[i] =
+            message(topic, vals[i], static_cast<int64_t>(i), i % 3 ? BK_OP_UPDATE : BK_OP_INSERT);
         m[i].key = keys[i].data();
         m[i].key_len = keys[i].size();
         m[i].table = "public.kt";
@@ -212,11 +213,11 @@ TEST_F(KafkaSinkTest, OversizedMessageIsRejectedOthersDelivered) {
 }
 
 TEST_F(KafkaSinkTest, UnreachableBrokerIsRetryableWithinTheTimeout) {
-    bk_sink *s = open({{"bootstrap.servers", "127.0.0.1:" + std::to_string(free_port())},
-                       {"topic", "t"}});
+    bk_sink *s =
+        open({{"bootstrap.servers", "127.0.0.1:" + std::to_string(free_port())}, {"topic", "t"}});
     ASSERT_NE(s, nullptr);
-    std::string v = "x";
-    std::vector<bk_message> m = {message("t", v, 1), message("t", v, 2)};
+    std::string v = "x", t = "t";
+    std::vector<bk_message> m = {message(t, v, 1), message(t, v, 2)};
     std::vector<bk_send_result> r(2);
     bk_status st{};
     auto t0 = Clock::now();
@@ -239,7 +240,8 @@ class MockClusterTest : public ::testing::Test {
         mc_ = rd_kafka_mock_cluster_new(host_, 3);
         ASSERT_NE(mc_, nullptr);
         topic_ = unique("mock");
-        ASSERT_EQ(rd_kafka_mock_topic_create(mc_, topic_.c_str(), 1, 3), RD_KAFKA_RESP_ERR_NO_ERROR);
+        ASSERT_EQ(rd_kafka_mock_topic_create(mc_, topic_.c_str(), 1, 3),
+                  RD_KAFKA_RESP_ERR_NO_ERROR);
         bk_status st{};
         sink_ = open_sink("kafka",
                           {{"name", "mock"},
@@ -273,7 +275,8 @@ TEST_F(MockClusterTest, BrokerSideErrorsAreClassified) {
     bk_send_result r;
     ASSERT_EQ(send1(1, &r), BK_OK) << r.message;
     // The broker refuses the record itself: REJECTED.
-    rd_kafka_mock_push_request_errors(mc_, 0 /* Produce */, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    rd_kafka_mock_push_request_errors(mc_, 0 /* Produce */, 1,
+                                      RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
     EXPECT_EQ(send1(2, &r), BK_REJECTED);
     EXPECT_EQ(r.error, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
     rd_kafka_mock_push_request_errors(mc_, 0, 1, RD_KAFKA_RESP_ERR_INVALID_RECORD);

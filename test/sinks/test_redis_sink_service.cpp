@@ -40,8 +40,8 @@ class RedisSinkTest : public ::testing::Test {
             sinks_.push_back(s);
         return s;
     }
-    bk_code send(bk_sink *s, std::vector<bk_message> &m, int64_t seq, std::vector<bk_send_result> &r,
-                 bk_send_summary *sum = nullptr) {
+    bk_code send(bk_sink *s, std::vector<bk_message> &m, int64_t seq,
+                 std::vector<bk_send_result> &r, bk_send_summary *sum = nullptr) {
         r.assign(m.size(), bk_send_result{});
         bk_status st{};
         return bk_sink_send_batch(s, m.data(), m.size(), seq, r.data(), 5000, sum, &st);
@@ -55,7 +55,27 @@ class RedisSinkTest : public ::testing::Test {
 
 } // namespace
 
-TEST_F(RedisSinkTest, XaddWritesDataOpTableAndIdempotencyKeyInOrder) {
+namespace {
+
+std::vector<std::map<std::string, std::string>> xrange(RedisClient &c, const std::string &key) {
+    std::vector<std::map<std::string, std::string>> out;
+    Reply x = c.cmd({"XRANGE", key, "-", "+"});
+    if (!x || x->type != REDIS_REPLY_ARRAY)
+        return out;
+    for (size_t i = 0; i < x->elements; i++) {
+        redisReply *fields = x->element[i]->element[1];
+        std::map<std::string, std::string> f;
+        for (size_t k = 0; k + 1 < fields->elements; k += 2)
+            f[fields->element[k]->str] =
+                std::string(fields->element[k + 1]->str, fields->element[k + 1]->len);
+        out.push_back(f);
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_F(RedisSinkTest, XaddWritesDataAndIdempotencyKeyInOrder) {
     bk_sink *s = open({{"command", "xadd"}});
     ASSERT_NE(s, nullptr);
     std::string key = unique("stream");
@@ -69,22 +89,37 @@ TEST_F(RedisSinkTest, XaddWritesDataOpTableAndIdempotencyKeyInOrder) {
     ASSERT_EQ(send(s, m, 1, r, &sum), BK_OK);
     EXPECT_EQ(sum.ok, 3u);
     EXPECT_EQ(sum.fence_before, 0);
-    Reply x = client_->cmd({"XRANGE", key, "-", "+"});
-    ASSERT_TRUE(x && x->type == REDIS_REPLY_ARRAY);
-    ASSERT_EQ(x->elements, 3u);
+    auto entries = xrange(*client_, key);
+    ASSERT_EQ(entries.size(), 3u);
     const char *values[] = {v1.c_str(), v2.c_str(), v3.c_str()};
-    const char *ops[] = {"insert", "insert", "delete"};
     for (size_t i = 0; i < 3; i++) {
-        redisReply *fields = x->element[i]->element[1];
-        std::map<std::string, std::string> f;
-        for (size_t k = 0; k + 1 < fields->elements; k += 2)
-            f[fields->element[k]->str] = fields->element[k + 1]->str;
-        EXPECT_EQ(f["data"], values[i]);
-        EXPECT_EQ(f["op"], ops[i]);
-        EXPECT_EQ(f["table"], "public.t");
-        EXPECT_EQ(f["idempotency_key"], name_ + ":" + std::to_string(100 + i));
+        // The envelope carries op and table; the entry adds only the idempotency key.
+        EXPECT_EQ(entries[i].size(), 2u);
+        EXPECT_EQ(entries[i]["data"], values[i]);
+        EXPECT_EQ(entries[i]["idempotency_key"], name_ + ":" + std::to_string(100 + i));
     }
     EXPECT_EQ(client_->str({"GET", "batchkit:fence:" + name_}), "1");
+}
+
+TEST_F(RedisSinkTest, XaddInRowFormatAlsoCarriesOpAndTable) {
+    bk_sink *s = open({{"command", "xadd"}, {"format", "row"}});
+    ASSERT_NE(s, nullptr);
+    std::string key = unique("rows");
+    std::string v = "{\"id\":1}";
+    std::vector<bk_message> m = {message(key, v, 7, BK_OP_DELETE),
+                                 message(key, v, 8, BK_OP_MESSAGE)};
+    m[0].table = "s.t";
+    m[0].table_len = 3;
+    std::vector<bk_send_result> r;
+    ASSERT_EQ(send(s, m, 1, r), BK_OK);
+    auto entries = xrange(*client_, key);
+    ASSERT_EQ(entries.size(), 2u);
+    EXPECT_EQ(entries[0]["op"], "delete");
+    EXPECT_EQ(entries[0]["table"], "s.t");
+    EXPECT_EQ(entries[0]["data"], v);
+    EXPECT_EQ(entries[1].count("op"), 0u); // an enqueue()d message has no op or table
+    EXPECT_EQ(entries[1].count("table"), 0u);
+    EXPECT_EQ(entries[1]["idempotency_key"], name_ + ":8");
 }
 
 TEST_F(RedisSinkTest, XaddMaxlenTrimsApproximately) {
@@ -176,7 +211,8 @@ TEST_F(RedisSinkTest, HsetWritesOneFieldPerColumnDropsNullsAndDeletes) {
     std::string k = unique("h");
     bk_field f1[] = {{"id", 2, "7", 1}, {"name", 4, "ann", 3}, {"note", 4, "x y", 3}};
     bk_field f2[] = {{"id", 2, "7", 1}, {"name", 4, "bob", 3}, {"note", 4, nullptr, 0}};
-    std::vector<bk_message> m = {message(k, "", 1), message(k, "", 2, BK_OP_UPDATE)};
+    const std::string none;
+    std::vector<bk_message> m = {message(k, none, 1), message(k, none, 2, BK_OP_UPDATE)};
     m[0].fields = f1;
     m[0].nfields = 3;
     m[0].value = nullptr;
@@ -188,7 +224,7 @@ TEST_F(RedisSinkTest, HsetWritesOneFieldPerColumnDropsNullsAndDeletes) {
     EXPECT_EQ(client_->str({"HGET", k, "name"}), "bob");
     EXPECT_EQ(client_->integer({"HEXISTS", k, "note"}), 0); // NULL column: field removed
     EXPECT_EQ(client_->integer({"HLEN", k}), 2);
-    std::vector<bk_message> d = {message(k, "", 3, BK_OP_DELETE)};
+    std::vector<bk_message> d = {message(k, none, 3, BK_OP_DELETE)};
     ASSERT_EQ(send(s, d, 2, r), BK_OK);
     EXPECT_EQ(client_->integer({"EXISTS", k}), 0);
 }
@@ -262,7 +298,8 @@ TEST_F(RedisSinkTest, WrongTypeRejectsOneMessageAndAppliesTheRest) {
     std::string hk1 = unique("hk1"), hk2 = unique("hk2");
     ASSERT_EQ(client_->integer({"RPUSH", hk2, "x"}), 1);
     bk_field f[] = {{"id", 2, "1", 1}};
-    std::vector<bk_message> hm = {message(hk1, "", 1), message(hk2, "", 2)};
+    const std::string none;
+    std::vector<bk_message> hm = {message(hk1, none, 1), message(hk2, none, 2)};
     for (auto &x : hm)
         x.fields = f, x.nfields = 1;
     r.assign(2, {});
@@ -275,8 +312,8 @@ TEST_F(RedisSinkTest, WrongTypeRejectsOneMessageAndAppliesTheRest) {
 TEST_F(RedisSinkTest, ReconnectsAfterARestart) {
     PrivateRedis own(free_port());
     ASSERT_TRUE(own.start()) << "could not start a private redis-server";
-    bk_sink *s = open({{"command", "rpush"},
-                       {"url", "redis://127.0.0.1:" + std::to_string(own.port())}});
+    bk_sink *s =
+        open({{"command", "rpush"}, {"url", "redis://127.0.0.1:" + std::to_string(own.port())}});
     ASSERT_NE(s, nullptr);
     std::string k = unique("restart");
     std::string v1 = "one", v2 = "two";
@@ -327,11 +364,15 @@ TEST_F(RedisSinkTest, LargePipelinedBatch) {
         vals[i] = "{\"id\":" + std::to_string(i) + ",\"pad\":\"" + std::string(150, 'p') + "\"}";
         m.push_back(message(k, vals[i], i));
     }
+    // One invalid message (no key) in the middle of a batch sent in several chunks.
+    m[n / 2].target = nullptr;
+    m[n / 2].target_len = 0;
     std::vector<bk_send_result> r;
     bk_send_summary sum;
-    ASSERT_EQ(send(s, m, 1, r, &sum), BK_OK);
-    EXPECT_EQ(sum.ok, static_cast<size_t>(n));
-    EXPECT_EQ(client_->integer({"XLEN", k}), n);
+    ASSERT_EQ(send(s, m, 1, r, &sum), BK_REJECTED);
+    EXPECT_EQ(sum.ok, static_cast<size_t>(n - 1));
+    EXPECT_EQ(r[n / 2].code, BK_SEND_REJECTED);
+    EXPECT_EQ(client_->integer({"XLEN", k}), n - 1);
     Reply last = client_->cmd({"XREVRANGE", k, "+", "-", "COUNT", "1"});
     ASSERT_EQ(last->elements, 1u);
     redisReply *fields = last->element[0]->element[1];
@@ -343,8 +384,32 @@ TEST_F(RedisSinkTest, ProbeAndAuthFailure) {
     bk_status st{};
     EXPECT_EQ(bk_sink_probe(s, 2000, &st), BK_OK) << st.message;
     // A password the server does not expect: AUTH fails, the batch is retryable.
-    bk_sink *bad = open({{"command", "xadd"},
-                         {"url", "redis://:wrong@127.0.0.1:" + std::to_string(port_)}});
+    bk_sink *bad =
+        open({{"command", "xadd"}, {"url", "redis://:wrong@127.0.0.1:" + std::to_string(port_)}});
     EXPECT_EQ(bk_sink_probe(bad, 2000, &st), BK_UNAVAILABLE);
     EXPECT_NE(std::string(st.message).find("AUTH"), std::string::npos) << st.message;
+}
+
+TEST_F(RedisSinkTest, OutOfMemoryAbortsTheTransactionAsRetryable) {
+    PrivateRedis own(free_port());
+    ASSERT_TRUE(own.start()) << "could not start a private redis-server";
+    RedisClient admin(own.port());
+    bk_sink *s =
+        open({{"command", "rpush"}, {"url", "redis://127.0.0.1:" + std::to_string(own.port())}});
+    ASSERT_NE(s, nullptr);
+    std::string k = unique("oom");
+    std::string v(1000, 'v');
+    std::vector<bk_message> m = {message(k, v, 1), message(k, v, 2)};
+    std::vector<bk_send_result> r;
+    ASSERT_EQ(admin.str({"CONFIG", "SET", "maxmemory", "1"}), "OK");
+    EXPECT_EQ(send(s, m, 3, r), BK_UNAVAILABLE);
+    for (auto &x : r) {
+        EXPECT_EQ(x.code, BK_SEND_RETRYABLE);
+        EXPECT_NE(std::string(x.message).find("OOM"), std::string::npos) << x.message;
+    }
+    EXPECT_EQ(admin.integer({"EXISTS", k}), 0);
+    ASSERT_EQ(admin.str({"CONFIG", "SET", "maxmemory", "0"}), "OK");
+    EXPECT_EQ(admin.str({"GET", "batchkit:fence:" + name_}), "(nil)"); // fence not advanced
+    ASSERT_EQ(send(s, m, 3, r), BK_OK) << r[0].message; // same batch, same seq: now applied
+    EXPECT_EQ(admin.integer({"LLEN", k}), 2);
 }

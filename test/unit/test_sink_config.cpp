@@ -2,13 +2,18 @@
 // commands, the RESP encoder, and opening sinks (no server needed).
 #include <gtest/gtest.h>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <thread>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "batchkit/sink.h"
 #include "sinks/kafka_sink.hpp"
+#include "sinks/redis_protocol.hpp"
 #include "sinks/redis_sink.hpp"
 #include "util/abi_guard.hpp"
 
@@ -68,8 +73,8 @@ TEST(SinkKafkaConfig, WithoutIdempotenceOnlyOneRequestInFlightKeepsOrder) {
 
 TEST(SinkKafkaConfig, OpenRejectsBadPropertiesByName) {
     bk_status st{};
-    bk_sink_option bad[] = {{"name", "k"}, {"bootstrap.servers", "127.0.0.1:1"},
-                            {"linger.ms", "banana"}};
+    bk_sink_option bad[] = {
+        {"name", "k"}, {"bootstrap.servers", "127.0.0.1:1"}, {"linger.ms", "banana"}};
     EXPECT_EQ(bk_sink_open("kafka", bad, 3, &st), nullptr);
     EXPECT_EQ(st.code, BK_INVALID_ARGUMENT);
     EXPECT_NE(std::string(st.message).find("linger.ms"), std::string::npos) << st.message;
@@ -145,17 +150,147 @@ TEST(SinkRedisConfig, ParsesUrls) {
 
 TEST(SinkRedisConfig, EncodesResp) {
     bk::RespWriter w;
-    w.array(3);
-    w.bulk("SET");
-    w.bulk(std::string_view("k\r\n", 3));
-    w.bulk_int(-42);
+    bk::IntArg v(-42);
+    w.command({"SET", std::string_view("k\r\n", 3), v.view()});
     EXPECT_EQ(w.data(), "*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$3\r\n-42\r\n");
     w.clear();
-    w.array(1);
-    w.bulk("", 0);
+    w.command({""});
     EXPECT_EQ(w.data(), "*1\r\n$0\r\n\r\n");
+    std::string big(100000, 'b');
+    std::vector<std::string_view> args(12, big);
+    w.clear();
+    w.command(args.data(), args.size());
+    // "*12\r\n", then per argument "$100000\r\n" + the bytes + "\r\n"
+    EXPECT_EQ(w.data().size(), 5u + 12u * (9u + 100000u + 2u));
+    EXPECT_EQ(w.data().substr(5, 9), "$100000\r\n");
     EXPECT_EQ(bk::parse_redis_command("XADD"), bk::RedisCommand::Xadd);
     EXPECT_EQ(bk::parse_redis_command("hset"), bk::RedisCommand::Hset);
+}
+
+namespace {
+
+// A socket pair: the test writes "server" bytes on one end, the reader parses the other.
+struct Pipe {
+    int fd[2];
+    Pipe() { socketpair(AF_UNIX, SOCK_STREAM, 0, fd); }
+    ~Pipe() {
+        close(fd[0]);
+        close(fd[1]);
+    }
+    void server_says(const std::string &s) {
+        ASSERT_EQ(write(fd[1], s.data(), s.size()), (ssize_t)s.size());
+    }
+};
+
+auto soon() {
+    return std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+}
+
+} // namespace
+
+TEST(SinkRedisProtocol, ReadsEveryReplyTypeInPlace) {
+    Pipe p;
+    bk::RespReader r;
+    r.reset(p.fd[0]);
+    p.server_says("+QUEUED\r\n-WRONGTYPE Operation against a key\r\n:42\r\n$5\r\nhe\r\no\r\n"
+                  "$-1\r\n*2\r\n$0\r\n\r\n:-7\r\n*-1\r\n");
+    bk::RespItem a = r.next(soon());
+    EXPECT_EQ(a.type, '+');
+    EXPECT_EQ(a.str, "QUEUED");
+    bk::RespItem b = r.next(soon());
+    EXPECT_TRUE(b.is_error());
+    EXPECT_EQ(b.str, "WRONGTYPE Operation against a key");
+    EXPECT_EQ(r.next(soon()).n, 42);
+    bk::RespItem d = r.next(soon());
+    EXPECT_EQ(d.str, std::string_view("he\r\no", 5)); // binary-safe bulk
+    EXPECT_TRUE(r.next(soon()).is_nil());
+    bk::RespItem arr = r.next(soon());
+    EXPECT_EQ(arr.type, '*');
+    EXPECT_EQ(arr.n, 2);
+    EXPECT_EQ(r.next(soon()).str, "");
+    EXPECT_EQ(r.next(soon()).n, -7);
+    EXPECT_TRUE(r.next(soon()).is_nil());
+}
+
+TEST(SinkRedisProtocol, ReassemblesRepliesSplitAcrossReadsAndLargeBulks) {
+    Pipe p;
+    bk::RespReader r;
+    r.reset(p.fd[0]);
+    std::string big(300000, 'z');
+    std::string wire = "$" + std::to_string(big.size()) + "\r\n" + big + "\r\n+OK\r\n";
+    std::thread writer([&] {
+        for (size_t i = 0; i < wire.size(); i += 7000) {
+            std::string part = wire.substr(i, 7000);
+            ASSERT_EQ(write(p.fd[1], part.data(), part.size()), (ssize_t)part.size());
+        }
+    });
+    bk::RespItem a = r.next(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+    EXPECT_EQ(a.str.size(), big.size());
+    EXPECT_EQ(a.str, big);
+    EXPECT_EQ(r.next(soon()).str, "OK");
+    writer.join();
+}
+
+TEST(SinkRedisProtocol, TimeoutEofAndGarbageAreUnavailable) {
+    {
+        Pipe p;
+        bk::RespReader r;
+        r.reset(p.fd[0]);
+        p.server_says("+PART");
+        auto t0 = std::chrono::steady_clock::now();
+        try {
+            r.next(t0 + std::chrono::milliseconds(100));
+            ADD_FAILURE() << "no timeout";
+        } catch (const bk::Error &e) {
+            EXPECT_EQ(e.code(), BK_UNAVAILABLE);
+            EXPECT_NE(std::string(e.what()).find("timed out"), std::string::npos);
+        }
+        EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(90));
+    }
+    {
+        Pipe p;
+        bk::RespReader r;
+        r.reset(p.fd[0]);
+        close(p.fd[1]);
+        p.fd[1] = socket(AF_UNIX, SOCK_STREAM, 0); // keep the destructor's close valid
+        try {
+            r.next(soon());
+            ADD_FAILURE() << "no EOF";
+        } catch (const bk::Error &e) {
+            EXPECT_NE(std::string(e.what()).find("closed"), std::string::npos);
+        }
+    }
+    {
+        Pipe p;
+        bk::RespReader r;
+        r.reset(p.fd[0]);
+        p.server_says("?what\r\n");
+        EXPECT_THROW(r.next(soon()), bk::Error);
+    }
+}
+
+TEST(SinkRedisProtocol, SendAllWritesEverythingWhileDrainingReplies) {
+    Pipe p;
+    bk::RespReader r;
+    r.reset(p.fd[0]);
+    std::string payload(8 << 20, 'q'); // far more than the socket buffers hold
+    std::string got;
+    std::thread server([&] {
+        char buf[65536];
+        p.server_says("+QUEUED\r\n");
+        while (got.size() < payload.size()) {
+            ssize_t n = read(p.fd[1], buf, sizeof buf);
+            if (n <= 0)
+                break;
+            got.append(buf, static_cast<size_t>(n));
+        }
+        p.server_says("+DONE\r\n");
+    });
+    bk::send_all(p.fd[0], payload, r, std::chrono::steady_clock::now() + std::chrono::seconds(20));
+    server.join();
+    EXPECT_EQ(got.size(), payload.size());
+    EXPECT_EQ(r.next(soon()).str, "QUEUED");
+    EXPECT_EQ(r.next(soon()).str, "DONE");
 }
 
 TEST(SinkLog, QueueKeepsTheNewestAndCountsDrops) {

@@ -9,7 +9,9 @@
 
 namespace {
 
-bk_slice S(const char *s) { return bk_slice{s, s ? std::char_traits<char>::length(s) : 0}; }
+bk_slice S(const char *s) {
+    return bk_slice{s, s ? std::char_traits<char>::length(s) : 0};
+}
 
 std::string encode(const bk_envelope &e) {
     bk_buf b = BK_BUF_INIT;

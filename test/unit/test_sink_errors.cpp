@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "sinks/kafka_sink.hpp"
-#include "sinks/redis_sink.hpp"
+#include "sinks/redis_protocol.hpp"
 
 using bk::kafka_classify_error;
 using bk::redis_classify_error;
@@ -18,19 +18,19 @@ TEST(SinkErrors, KafkaMessageFaultsAreRejected) {
 }
 
 TEST(SinkErrors, KafkaSinkFaultsAreRetryable) {
-    for (auto e : {RD_KAFKA_RESP_ERR__MSG_TIMED_OUT, RD_KAFKA_RESP_ERR__TRANSPORT,
-                   RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, RD_KAFKA_RESP_ERR__PURGE_QUEUE,
-                   RD_KAFKA_RESP_ERR__PURGE_INFLIGHT, RD_KAFKA_RESP_ERR__QUEUE_FULL,
-                   RD_KAFKA_RESP_ERR__FATAL, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-                   RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-                   RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
-                   // decided: a missing topic or ACL is the sink's configuration, fixed
-                   // once for every message; rows wait in order instead of dead-lettering
-                   RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC,
-                   RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION,
-                   RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-                   RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED,
-                   RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT})
+    for (auto e :
+         {RD_KAFKA_RESP_ERR__MSG_TIMED_OUT, RD_KAFKA_RESP_ERR__TRANSPORT,
+          RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, RD_KAFKA_RESP_ERR__PURGE_QUEUE,
+          RD_KAFKA_RESP_ERR__PURGE_INFLIGHT, RD_KAFKA_RESP_ERR__QUEUE_FULL,
+          RD_KAFKA_RESP_ERR__FATAL, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+          RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+          RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+          // decided: a missing topic or ACL is the sink's configuration, fixed
+          // once for every message; rows wait in order instead of dead-lettering
+          RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC,
+          RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+          RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED,
+          RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT})
         EXPECT_EQ(kafka_classify_error(e), BK_SEND_RETRYABLE) << rd_kafka_err2name(e);
     EXPECT_EQ(kafka_classify_error(RD_KAFKA_RESP_ERR_NO_ERROR), BK_SEND_OK);
     // An error code this build does not know: retry (never lose data by surprise).
@@ -38,9 +38,9 @@ TEST(SinkErrors, KafkaSinkFaultsAreRetryable) {
 }
 
 TEST(SinkErrors, RedisCommandFaultsAreRejected) {
-    EXPECT_EQ(redis_classify_error(
-                  "WRONGTYPE Operation against a key holding the wrong kind of value"),
-              BK_SEND_REJECTED);
+    EXPECT_EQ(
+        redis_classify_error("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        BK_SEND_REJECTED);
     EXPECT_EQ(redis_classify_error("ERR wrong number of arguments for 'hset' command"),
               BK_SEND_REJECTED);
     EXPECT_EQ(redis_classify_error("ERR invalid expire time in 'set' command"), BK_SEND_REJECTED);
@@ -51,8 +51,7 @@ TEST(SinkErrors, RedisCommandFaultsAreRejected) {
 TEST(SinkErrors, RedisServerFaultsAreRetryable) {
     for (const char *e :
          {"OOM command not allowed when used memory > 'maxmemory'.",
-          "LOADING Redis is loading the dataset in memory",
-          "BUSY Redis is busy running a script.",
+          "LOADING Redis is loading the dataset in memory", "BUSY Redis is busy running a script.",
           "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist",
           "READONLY You can't write against a read only replica.",
           "MASTERDOWN Link with MASTER is down", "NOREPLICAS Not enough good replicas to write.",
@@ -81,9 +80,8 @@ bk_send_result res(uint8_t code, int32_t partition) {
 
 TEST(SinkKafkaOrder, LaterAcksOnAFailedPartitionAreResent) {
     bk_message m[6] = {to("a"), to("a"), to("a"), to("b"), to("a"), to(nullptr)};
-    bk_send_result r[6] = {res(BK_SEND_OK, 0),        res(BK_SEND_RETRYABLE, 1),
-                           res(BK_SEND_OK, 1),        res(BK_SEND_OK, 1),
-                           res(BK_SEND_OK, 2),        res(BK_SEND_OK, 1)};
+    bk_send_result r[6] = {res(BK_SEND_OK, 0), res(BK_SEND_RETRYABLE, 1), res(BK_SEND_OK, 1),
+                           res(BK_SEND_OK, 1), res(BK_SEND_OK, 2),        res(BK_SEND_OK, 1)};
     bk::kafka_keep_key_order(m, 6, r, "a");
     EXPECT_EQ(r[0].code, BK_SEND_OK);        // before the failure
     EXPECT_EQ(r[1].code, BK_SEND_RETRYABLE); // the failure
@@ -96,8 +94,8 @@ TEST(SinkKafkaOrder, LaterAcksOnAFailedPartitionAreResent) {
 
 TEST(SinkKafkaOrder, UnknownPartitionTaintsTheTopicAndRejectedTaintsNothing) {
     bk_message m[4] = {to("a"), to("a"), to("b"), to("b")};
-    bk_send_result r[4] = {res(BK_SEND_RETRYABLE, -1), res(BK_SEND_OK, 3),
-                           res(BK_SEND_REJECTED, 0), res(BK_SEND_OK, 0)};
+    bk_send_result r[4] = {res(BK_SEND_RETRYABLE, -1), res(BK_SEND_OK, 3), res(BK_SEND_REJECTED, 0),
+                           res(BK_SEND_OK, 0)};
     bk::kafka_keep_key_order(m, 4, r, "");
     EXPECT_EQ(r[1].code, BK_SEND_RETRYABLE);
     EXPECT_EQ(r[2].code, BK_SEND_REJECTED);

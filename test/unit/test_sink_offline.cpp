@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <string>
+#include <vector>
 
 #include <librdkafka/rdkafka.h>
 
@@ -51,7 +52,8 @@ bk_message msg(const char *v, int64_t seq) {
 
 TEST(SinkOffline, RedisDownGivesRetryableQuicklyAndBacksOff) {
     std::string url = "redis://127.0.0.1:" + std::to_string(closed_port());
-    bk_sink_option o[] = {{"name", "off"}, {"command", "rpush"}, {"key", "k"}, {"url", url.c_str()}};
+    bk_sink_option o[] = {
+        {"name", "off"}, {"command", "rpush"}, {"key", "k"}, {"url", url.c_str()}};
     bk_status st{};
     auto t0 = Clock::now();
     bk_sink *s = bk_sink_open("redis", o, 4, &st);
@@ -102,13 +104,15 @@ TEST(SinkOffline, RedisInvalidMessagesAreRejectedWithoutTheNetwork) {
     EXPECT_NE(std::string(r[0].message).find("no key"), std::string::npos);
     EXPECT_EQ(r[1].code, BK_SEND_REJECTED);
     EXPECT_NE(std::string(r[1].message).find("fields"), std::string::npos);
+    bk_log_entry e;
+    EXPECT_EQ(bk_sink_next_log(s, &e), 0) << "connected for nothing: " << e.message;
     bk_sink_close(s);
 }
 
 TEST(SinkOffline, KafkaBrokerDownGivesRetryableWithinTheTimeout) {
     std::string bootstrap = "127.0.0.1:" + std::to_string(closed_port());
-    bk_sink_option o[] = {{"name", "koff"}, {"bootstrap.servers", bootstrap.c_str()},
-                          {"topic", "t"}};
+    bk_sink_option o[] = {
+        {"name", "koff"}, {"bootstrap.servers", bootstrap.c_str()}, {"topic", "t"}};
     bk_status st{};
     auto t0 = Clock::now();
     bk_sink *s = bk_sink_open("kafka", o, 3, &st);
@@ -143,8 +147,10 @@ TEST(SinkOffline, KafkaBrokerDownGivesRetryableWithinTheTimeout) {
 
 TEST(SinkOffline, KafkaRejectsOversizedMessagesLocally) {
     std::string bootstrap = "127.0.0.1:" + std::to_string(closed_port());
-    bk_sink_option o[] = {{"name", "koff"}, {"bootstrap.servers", bootstrap.c_str()},
-                          {"topic", "t"}, {"message.max.bytes", "10000"}};
+    bk_sink_option o[] = {{"name", "koff"},
+                          {"bootstrap.servers", bootstrap.c_str()},
+                          {"topic", "t"},
+                          {"message.max.bytes", "10000"}};
     bk_status st{};
     bk_sink *s = bk_sink_open("kafka", o, 4, &st);
     ASSERT_NE(s, nullptr) << st.message;
@@ -156,5 +162,28 @@ TEST(SinkOffline, KafkaRejectsOversizedMessagesLocally) {
     EXPECT_EQ(bk_sink_send_batch(s, m, 1, 1, r, 1000, nullptr, &st), BK_REJECTED);
     EXPECT_EQ(r[0].code, BK_SEND_REJECTED);
     EXPECT_EQ(r[0].error, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE);
+    bk_sink_close(s);
+}
+
+TEST(SinkOffline, KafkaLargeBatchToADeadBrokerStopsAtTheDeadline) {
+    // More messages than one send window: the window wait must honour the deadline too.
+    std::string bootstrap = "127.0.0.1:" + std::to_string(closed_port());
+    bk_sink_option o[] = {
+        {"name", "koff"}, {"bootstrap.servers", bootstrap.c_str()}, {"topic", "t"}};
+    bk_status st{};
+    bk_sink *s = bk_sink_open("kafka", o, 3, &st);
+    ASSERT_NE(s, nullptr) << st.message;
+    const size_t n = 8000;
+    std::vector<bk_message> m(n, msg("v", 0));
+    std::vector<bk_send_result> r(n);
+    bk_send_summary sum;
+    auto t0 = Clock::now();
+    EXPECT_EQ(bk_sink_send_batch(s, m.data(), n, 1, r.data(), 1200, &sum, &st), BK_UNAVAILABLE);
+    long took = ms_since(t0);
+    EXPECT_GE(took, 1100);
+    EXPECT_LT(took, 4000);
+    EXPECT_EQ(sum.retryable, n);
+    for (auto &x : r)
+        ASSERT_EQ(x.code, BK_SEND_RETRYABLE);
     bk_sink_close(s);
 }

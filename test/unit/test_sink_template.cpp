@@ -28,7 +28,9 @@ struct Tpl {
     }
 };
 
-bk_slice S(const char *s) { return bk_slice{s, s ? std::char_traits<char>::length(s) : 0}; }
+bk_slice S(const char *s) {
+    return bk_slice{s, s ? std::char_traits<char>::length(s) : 0};
+}
 
 } // namespace
 

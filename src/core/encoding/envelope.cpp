@@ -19,7 +19,9 @@ struct OpName {
 
 const OpName kOps[] = {{"insert", 6}, {"update", 6}, {"delete", 6}};
 
-size_t json_part_len(const bk_slice &s) noexcept { return s.ptr ? s.len : 4; }
+size_t json_part_len(const bk_slice &s) noexcept {
+    return s.ptr ? s.len : 4;
+}
 
 char *put_json_part(char *p, const bk_slice &s) noexcept {
     return s.ptr ? bk::put(p, s.ptr, s.len) : bk::put_lit(p, "null");
@@ -47,7 +49,8 @@ extern "C" bk_code bk_envelope_append(bk_buf *out, const bk_envelope *env, size_
         return BK_INVALID_ARGUMENT;
     }
     if (env->op > BK_OP_DELETE) {
-        bk::set_status(st, BK_INVALID_ARGUMENT, "bk_envelope_append: op must be insert, update or delete");
+        bk::set_status(st, BK_INVALID_ARGUMENT,
+                       "bk_envelope_append: op must be insert, update or delete");
         return BK_INVALID_ARGUMENT;
     }
     const OpName &op = kOps[env->op];
@@ -61,8 +64,8 @@ extern "C" bk_code bk_envelope_append(bk_buf *out, const bk_envelope *env, size_
     static constexpr char k8[] = ",\"ts\":";
     size_t size = sizeof k1 + sizeof k2 + sizeof k3 + sizeof k4 + sizeof k5 + sizeof k6 +
                   sizeof k7 + sizeof k8 - 8 + 1 /* } */ + op.n + string_part_len(env->table) +
-                  json_part_len(env->key) + json_part_len(env->before) +
-                  json_part_len(env->after) + 2 * bk::kMaxIntChars + string_part_len(env->ts);
+                  json_part_len(env->key) + json_part_len(env->before) + json_part_len(env->after) +
+                  2 * bk::kMaxIntChars + string_part_len(env->ts);
     if (!bk::buf_grow(out, size)) {
         bk::set_status(st, BK_OUT_OF_MEMORY, "out of memory encoding an envelope");
         return BK_OUT_OF_MEMORY;

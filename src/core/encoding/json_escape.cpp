@@ -8,7 +8,9 @@
 namespace bk {
 
 namespace {
-inline bool needs_escape(unsigned char c) noexcept { return c < 0x20 || c == '"' || c == '\\'; }
+inline bool needs_escape(unsigned char c) noexcept {
+    return c < 0x20 || c == '"' || c == '\\';
+}
 } // namespace
 
 size_t json_escaped_len(const char *s, size_t n) noexcept {

@@ -67,8 +67,8 @@ bk_template *compile(const char *text, const char *sink, const char *schema, con
                 continue;
             }
             throw bk::Error(BK_INVALID_ARGUMENT,
-                            "template \"" + src + "\": unmatched '}' at offset " + std::to_string(i) +
-                                " (write }} for a literal brace)");
+                            "template \"" + src + "\": unmatched '}' at offset " +
+                                std::to_string(i) + " (write }} for a literal brace)");
         }
         if (c != '{') {
             lit += c;
@@ -82,8 +82,9 @@ bk_template *compile(const char *text, const char *sink, const char *schema, con
         }
         size_t close = src.find_first_of("{}", i + 1);
         if (close == std::string::npos || src[close] != '}')
-            throw bk::Error(BK_INVALID_ARGUMENT,
-                            "template \"" + src + "\": unclosed '{' at offset " + std::to_string(i));
+            throw bk::Error(BK_INVALID_ARGUMENT, "template \"" + src +
+                                                     "\": unclosed '{' at offset " +
+                                                     std::to_string(i));
         std::string name = src.substr(i + 1, close - i - 1);
         i = close + 1;
         if (name.empty())
@@ -98,8 +99,8 @@ bk_template *compile(const char *text, const char *sink, const char *schema, con
         if (col < 0 && (name == "schema" || name == "table" || name == "sink")) {
             const char *v = name == "schema" ? schema : name == "table" ? table : sink;
             if (v == nullptr)
-                throw bk::Error(BK_INVALID_ARGUMENT, "template \"" + src + "\": {" + name +
-                                                         "} is not known here");
+                throw bk::Error(BK_INVALID_ARGUMENT,
+                                "template \"" + src + "\": {" + name + "} is not known here");
             lit += v;
             continue;
         }
@@ -121,8 +122,8 @@ bk_template *compile(const char *text, const char *sink, const char *schema, con
 extern "C" {
 
 bk_template *bk_template_compile(const char *text, const char *sink, const char *schema,
-                                 const char *table, const char *const *columns,
-                                 size_t ncolumns, bk_status *st) {
+                                 const char *table, const char *const *columns, size_t ncolumns,
+                                 bk_status *st) {
     bk_template *out = nullptr;
     bk::guarded(st, [&] {
         if (ncolumns != 0 && columns == nullptr)
@@ -132,7 +133,9 @@ bk_template *bk_template_compile(const char *text, const char *sink, const char 
     return out;
 }
 
-void bk_template_free(bk_template *tpl) { delete tpl; }
+void bk_template_free(bk_template *tpl) {
+    delete tpl;
+}
 
 int bk_template_is_static(const bk_template *tpl) {
     if (tpl == nullptr)

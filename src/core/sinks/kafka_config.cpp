@@ -17,12 +17,26 @@ namespace bk {
 namespace {
 
 // Options the core or the worker use; never librdkafka properties.
-const std::set<std::string> kBatchkitOptions = {
-    "name",          "topic",         "key",           "format",        "batch_size",
-    "max_batch_bytes", "max_wait_ms", "max_queue",     "on_full",       "max_attempts",
-    "retry_backoff_ms", "retry_backoff_max_ms", "send_timeout_ms", "copy_payloads",
-    "key_columns",   "url",           "command",       "maxlen",        "ttl_ms",
-    "connect_timeout_ms"};
+const std::set<std::string> kBatchkitOptions = {"name",
+                                                "topic",
+                                                "key",
+                                                "format",
+                                                "batch_size",
+                                                "max_batch_bytes",
+                                                "max_wait_ms",
+                                                "max_queue",
+                                                "on_full",
+                                                "max_attempts",
+                                                "retry_backoff_ms",
+                                                "retry_backoff_max_ms",
+                                                "send_timeout_ms",
+                                                "copy_payloads",
+                                                "key_columns",
+                                                "url",
+                                                "command",
+                                                "maxlen",
+                                                "ttl_ms",
+                                                "connect_timeout_ms"};
 
 bool has_any(const Options &o, std::initializer_list<const char *> keys) {
     for (const char *k : keys)
@@ -39,7 +53,9 @@ bool is_false(const std::string &v) {
 
 } // namespace
 
-bool kafka_is_batchkit_option(const std::string &key) { return kBatchkitOptions.count(key) != 0; }
+bool kafka_is_batchkit_option(const std::string &key) {
+    return kBatchkitOptions.count(key) != 0;
+}
 
 std::vector<std::pair<std::string, std::string>> kafka_effective_config(const Options &opts) {
     std::vector<std::pair<std::string, std::string>> conf;
@@ -71,13 +87,13 @@ bk_send_code kafka_classify_error(rd_kafka_resp_err_t err) {
     case RD_KAFKA_RESP_ERR_NO_ERROR:
         return BK_SEND_OK;
     // The message itself is at fault: sending it again cannot succeed.
-    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:       // local check or broker
-    case RD_KAFKA_RESP_ERR_INVALID_MSG:              // CRC / corrupt record
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE: // local check or broker
+    case RD_KAFKA_RESP_ERR_INVALID_MSG:        // CRC / corrupt record
     case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
     case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
-    case RD_KAFKA_RESP_ERR_INVALID_RECORD:           // broker-side record validation
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD: // broker-side record validation
     case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
-    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:          // topic rendered from the row is illegal
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION: // topic rendered from the row is illegal
     case RD_KAFKA_RESP_ERR__INVALID_ARG:
     case RD_KAFKA_RESP_ERR__BAD_MSG:
         return BK_SEND_REJECTED;

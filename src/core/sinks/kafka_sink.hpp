@@ -51,7 +51,9 @@ class KafkaSink final : public Sink {
     void destroy_producer() noexcept;
     rd_kafka_topic_t *topic(const char *name, size_t len);
     void on_delivery(const rd_kafka_message_t *m) noexcept;
+    bool drain_window(Clock::time_point deadline); // false: the deadline passed
     void wait_for_reports(Clock::time_point deadline);
+    static constexpr size_t kMaxOutstanding = 3000; // messages in librdkafka per batch
 
     static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
     static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
