@@ -104,7 +104,8 @@ def test_redis_stream_exactly_once_in_commit_order(db, services, redis_client):
     entries = stream_entries(redis_client, f"stream:{t}")
     assert len({e["idempotency_key"] for e in entries}) == len(entries)   # no duplicates
     assert envelope_ops(e["data"] for e in entries) == committed
-    assert all(e["table"] == f"public.{t}" for e in entries)
+    assert all(json.loads(e["data"])["table"] == f"public.{t}" for e in entries)
+    assert all(e["idempotency_key"].startswith(sink + ":") for e in entries)
 
 
 def workload_with_capture(db, table, sink):
