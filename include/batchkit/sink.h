@@ -172,10 +172,12 @@ typedef struct bk_send_summary {
  *     unknown) is reported RETRYABLE too, even if Kafka acknowledged it, so that
  *     re-sending the non-OK messages never lets an older version of a key
  *     overtake a newer one (the duplicates carry the same idempotency key).
- *   - Redis: either every message is RETRYABLE (connection lost, timeout,
- *     transaction aborted: replay the same batch under the same batch_seq), or
- *     each is OK or REJECTED (the transaction ran; Redis does not roll back the
- *     other commands of a transaction when one fails).
+ *   - Redis: either the outcome is unknown or nothing was applied — every valid
+ *     message RETRYABLE (connection lost, timeout; an aborted transaction may also
+ *     mark the commands Redis refused for their own fault REJECTED) — or the
+ *     transaction ran: each message is OK, REJECTED (WRONGTYPE, ...) or, for an
+ *     error about the server's state on that one command, RETRYABLE. Redis does
+ *     not roll back the other commands of a transaction when one fails.
  *
  * Returns BK_OK when all messages are OK, BK_UNAVAILABLE when any is RETRYABLE
  * (*st: the first error), BK_REJECTED when some are REJECTED and none RETRYABLE,
