@@ -518,6 +518,41 @@ deform(BkChunkReader *r, HeapTupleHeader tup)
 	r->deformed = tup;
 }
 
+/*
+ * escape_json() appends character by character; most values need no escaping,
+ * so copy runs of plain characters at once. Same output as escape_json().
+ */
+static void
+append_json_string(StringInfo out, const char *p, int len)
+{
+	const char *end = p + len;
+
+	appendStringInfoChar(out, '"');
+	while (p < end)
+	{
+		const char *run = p;
+
+		while (p < end && (unsigned char) *p >= 0x20 && *p != '"' && *p != '\\')
+			p++;
+		if (p > run)
+			appendBinaryStringInfo(out, run, p - run);
+		if (p < end)
+		{
+			char		one[2] = {*p, '\0'};
+			StringInfoData tmp;
+
+			/* a character that needs escaping: let escape_json render it */
+			initStringInfo(&tmp);
+			escape_json(&tmp, one);
+			/* tmp is "\"<escaped>\"": drop the quotes */
+			appendBinaryStringInfo(out, tmp.data + 1, tmp.len - 2);
+			pfree(tmp.data);
+			p++;
+		}
+	}
+	appendStringInfoChar(out, '"');
+}
+
 static void
 fast_value(BkAttOut *o, Oid typid, Datum v, StringInfo out)
 {
@@ -536,18 +571,32 @@ fast_value(BkAttOut *o, Oid typid, Datum v, StringInfo out)
 			return;
 		case BKJ_NUMBER:
 			s = OutputFunctionCall(&o->outfn, v);
-			if (IsValidJsonNumber(s, strlen(s)))
-				appendStringInfoString(out, s);
-			else
-				escape_json(out, s);
+			{
+				int			n = strlen(s);
+
+				if (IsValidJsonNumber(s, n))
+					appendBinaryStringInfo(out, s, n);
+				else
+					append_json_string(out, s, n);
+			}
 			break;
 		case BKJ_RAW_JSON:
 			s = OutputFunctionCall(&o->outfn, v);
 			appendStringInfoString(out, s);
 			break;
 		default:
+			if (typid == TEXTOID || typid == VARCHAROID)
+			{
+				/* no output function needed: the text is the value */
+				text	   *t = DatumGetTextPP(v);
+
+				append_json_string(out, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+				if ((Pointer) t != DatumGetPointer(v))
+					pfree(t);
+				return;
+			}
 			s = OutputFunctionCall(&o->outfn, v);
-			escape_json(out, s);
+			append_json_string(out, s, strlen(s));
 			break;
 	}
 	pfree(s);

@@ -141,7 +141,7 @@ def test_every_type_arrives_in_postgres_json_rendering(db):
               '{"k": [1, "v", null]}', true, 1.5e300, '1 day 02:03:04', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
               NULL),
              (2, 'ünïcødé ✓ "quoted" \\ back', '', '{}', '{}', 'NaN', 'infinity', NULL, 'null', NULL, 'NaN',
-              NULL, NULL, NULL)""")
+              NULL, NULL, E'ctl\\t\\n\\x01\\x1f end \\\\ "q"')""")
     # the big value is TOASTed out of line: delete the row so its TOAST is gone before decoding
     expected = {json.loads(r[0])["id"]: json.loads(r[0])
                 for r in q(db, "SELECT row_to_json(t)::text FROM t_types t")}
