@@ -1186,6 +1186,12 @@ batchkit_flush_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("batchkit flush worker");
+	/*
+	 * The worker runs as a superuser: settings a database owner may attach to the
+	 * database (ALTER DATABASE ... SET search_path) must not choose the functions
+	 * and operators its queries run.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	/* one worker per database */
 	LWLockAcquire(bk_shared->lock, LW_SHARED);

@@ -32,6 +32,7 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -148,18 +149,40 @@ bk_queue_owner(void)
 	return owner;
 }
 
+/*
+ * Run as the queue's owner, like a SECURITY DEFINER function with
+ * SET search_path = pg_catalog, pg_temp: the caller's search_path must not
+ * choose the functions or operators that run with the owner's rights. Calls
+ * nest; an error unwinds both (transaction abort restores the user id and GUCs).
+ */
+#define BK_OWNER_MAX_DEPTH 32
+static int	owner_nest[BK_OWNER_MAX_DEPTH];
+static SubTransactionId owner_subid[BK_OWNER_MAX_DEPTH];
+static int	owner_depth = 0;
+
 void
 bk_begin_as_owner(Oid *save_userid, int *save_sec)
 {
+	Oid			owner = bk_queue_owner();
+
+	bk_queue_init_backend();	/* the (sub)transaction callbacks keep owner_depth right */
+	if (owner_depth >= BK_OWNER_MAX_DEPTH)
+		elog(ERROR, "batchkit: owner context nested too deeply");
 	GetUserIdAndSecContext(save_userid, save_sec);
-	SetUserIdAndSecContext(bk_queue_owner(),
+	SetUserIdAndSecContext(owner,
 						   *save_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
+	owner_subid[owner_depth] = GetCurrentSubTransactionId();
+	owner_nest[owner_depth++] = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 }
 
 void
 bk_end_as_owner(Oid save_userid, int save_sec)
 {
+	if (owner_depth > 0)
+		AtEOXact_GUC(true, owner_nest[--owner_depth]);
 	SetUserIdAndSecContext(save_userid, save_sec);
 }
 
@@ -486,6 +509,7 @@ xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			owner_depth = 0;	/* the abort unwound the GUC nest levels */
 			npending = 0;
 			wake_launcher_at_commit = false;
 			break;
@@ -500,6 +524,9 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 {
 	if (event != SUBXACT_EVENT_ABORT_SUB)
 		return;
+	/* owner contexts entered in the aborted subtransaction were unwound by the abort */
+	while (owner_depth > 0 && owner_subid[owner_depth - 1] >= mySubid)
+		owner_depth--;
 	/* subtransaction ids grow: the aborted one and its children are >= mySubid */
 	{
 		int			keep = 0;
