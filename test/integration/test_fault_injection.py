@@ -189,9 +189,13 @@ class Writer(threading.Thread):
             else:
                 self.conn.commit()
                 self.committed.append((txid, ops))
-        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        except psycopg2.Error as e:
             # The server went away (crash restart, immediate shutdown). If COMMIT
-            # was under way the outcome is unknown: the marker row says.
+            # was under way the outcome is unknown: the marker row says. (psycopg2
+            # reports a connection lost during COMMIT as a bare DatabaseError.)
+            if not (self.conn.closed or isinstance(e, (psycopg2.OperationalError,
+                                                       psycopg2.InterfaceError))):
+                raise
             self._drop_conn()
             self.reconnects += 1
             done = self._marker_committed(txno)
@@ -398,6 +402,11 @@ def test_sustained_writes_survive_random_faults(services, dbname, fault_redis, f
                 f"round {i} ({fault}), seed {seed}: Redis: {rproblems}; Kafka: {kproblems}"
     finally:
         writer.stop()
+        # the worker lets go of the test's Redis and broker before the fixtures stop them
+        conn = connect_retry(services, dbname)
+        for s in (rs, ks):
+            q(conn, "SELECT batchkit.drop_sink(%s, true)", (s,))
+        conn.close()
         with capsys.disabled():
             rr, kk = summary["redis"], summary["kafka"]
             print(f"[fault-injection] SUMMARY seed {seed}: rounds {rounds_done}/{len(plan)}, "
@@ -409,3 +418,74 @@ def test_sustained_writes_survive_random_faults(services, dbname, fault_redis, f
                   f"{time.time() - t_start:.0f}s")
     assert not writer.errors, writer.errors
     assert len(writer.committed) > 100 and writer.rolled_back, "the writer hardly wrote"
+
+
+# ------------------------------------------------------------------------ a stalled sink and DDL
+
+def test_stalled_kafka_broker_does_not_hold_up_drop_database(services):
+    """While the flush worker waits on a stalled broker (SIGSTOP) it must still
+    answer the server: DROP DATABASE of an unrelated database waits until every
+    backend has absorbed a ProcSignalBarrier, and DROP DATABASE of the worker's
+    own database asks the worker to leave (README, Troubleshooting). Neither may
+    wait for the send to time out (send_timeout_ms, here 10 s)."""
+    admin = connect_retry(services, "postgres")
+    own, other = f"bk_fi_stall_{uid()}", f"bk_fi_other_{uid()}"
+    q(admin, f'CREATE DATABASE "{own}"')
+    broker = KafkaBroker(brokers=1).start()
+    problems = []
+    try:
+        c = connect_retry(services, own)
+        q(c, "CREATE EXTENSION batchkit")
+        make_sink(c, "k", "kafka", {"bootstrap.servers": broker.bootstrap, "topic": "stall",
+                                    "send_timeout_ms": 10000, "retry_backoff_ms": 50,
+                                    "retry_backoff_max_ms": 200})
+        q(c, "CREATE TABLE t (id int PRIMARY KEY)")
+        q(c, "SELECT batchkit.capture('t', 'k')")
+
+        def stall_mid_send(row):
+            assert q(c, "SELECT batchkit.flush('k', '60 s')")[0][0]
+            broker.stall()
+            q(c, "INSERT INTO t VALUES (%s)", (row,))
+            deadline = time.time() + 10
+            while q(c, "SELECT state FROM batchkit.workers WHERE kind = 'flush' "
+                       "AND database = current_database()") != [("sending",)]:
+                assert time.time() < deadline, "the worker never started sending"
+                time.sleep(0.05)
+
+        q(c, "INSERT INTO t VALUES (1)")
+        stall_mid_send(2)
+        q(admin, f'CREATE DATABASE "{other}"')
+        t0 = time.time()
+        q(admin, f'DROP DATABASE "{other}"')
+        took = time.time() - t0
+        print(f"DROP DATABASE of an unrelated database during a stalled send: {took:.1f}s")
+        if took > 5:
+            problems.append(f"DROP DATABASE of an unrelated database took {took:.1f}s")
+        broker.resume()
+
+        stall_mid_send(3)
+        c.close()
+        t0 = time.time()
+        try:
+            q(admin, f'DROP DATABASE "{own}" WITH (FORCE)')
+            err = None
+        except psycopg2.Error as e:
+            err = str(e).strip().splitlines()[0]
+        took = time.time() - t0
+        print(f"DROP DATABASE of the worker's own database during a stalled send: {took:.1f}s, "
+              f"{err or 'dropped'}")
+        if err or took > 8:
+            problems.append(f"DROP DATABASE ... WITH (FORCE) of the stalled worker's database: "
+                            f"{err or 'dropped'} after {took:.1f}s")
+    finally:
+        broker.resume()
+        for d in (own, other):
+            for _ in range(10):
+                try:
+                    q(admin, f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)')
+                    break
+                except psycopg2.Error:
+                    time.sleep(1)
+        broker.stop()
+        admin.close()
+    assert not problems, problems

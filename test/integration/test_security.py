@@ -229,29 +229,39 @@ def test_batchkit_admin_member_may_do_what_others_may_not(db, services, as_role)
     q(db, f'GRANT SELECT, TRIGGER ON {t} TO "{q(admin, "SELECT current_user")[0][0]}"')
     sink = f"adm_{uid()}"
     url = f"redis://127.0.0.1:{services['REDIS_PORT']}/0"
-    sink_id = None
-    steps = [
-        ("create_sink", "SELECT batchkit.create_sink(%s, 'redis', %s)",
-         (sink, json.dumps({"url": url, "command": "xadd", "key": f"adm:{sink}"}))),
-        ("alter_sink", "SELECT batchkit.alter_sink(%s, '{\"batch_size\": 10}')", (sink,)),
-        ("pause_sink", "SELECT batchkit.pause_sink(%s)", (sink,)),
-        ("capture", "SELECT batchkit.capture(%s::regclass, %s)", (t, sink)),
-        ("enqueue", "SELECT batchkit.enqueue(%s, '{\"a\": 1}')", (sink,)),
-        ("queue_depth", "SELECT batchkit.queue_depth(%s)", (sink,)),
-        ("dead_letters view", "SELECT count(*) FROM batchkit.dead_letters WHERE sink = %s", (sink,)),
-        ("replay_dead_letters", "SELECT batchkit.replay_dead_letters(%s)", (sink,)),
-        ("purge_dead_letters", "SELECT batchkit.purge_dead_letters(%s)", (sink,)),
-        ("resume_sink", "SELECT batchkit.resume_sink(%s)", (sink,)),
-        ("flush", "SELECT batchkit.flush(%s, '30 s')", (sink,)),
-        ("uncapture", "SELECT batchkit.uncapture(%s::regclass, %s)", (t, sink)),
-        ("drop_sink", "SELECT batchkit.drop_sink(%s, true)", (sink,)),
-    ]
     failed = []
-    for what, stmt, args in steps:
-        try:
-            q(admin, stmt, args)
-        except psycopg2.Error as e:
-            failed.append(f"{what}: {e.pgcode} {str(e).splitlines()[0]}")
+
+    def run(steps):
+        for what, stmt, args, expect in steps:
+            try:
+                got = q(admin, stmt, args)
+                if expect is not None and got[0][0] != expect:
+                    failed.append(f"{what}: returned {got[0][0]}, expected {expect}")
+            except psycopg2.Error as e:
+                failed.append(f"{what}: {e.pgcode} {str(e).splitlines()[0]}")
+
+    run([("create_sink", "SELECT batchkit.create_sink(%s, 'redis', %s)",
+          (sink, json.dumps({"url": url, "command": "xadd", "key": f"adm:{sink}"})), None),
+         ("alter_sink", "SELECT batchkit.alter_sink(%s, '{\"batch_size\": 10}')", (sink,), None),
+         ("pause_sink", "SELECT batchkit.pause_sink(%s)", (sink,), None)])
+    if q(db, "SELECT count(*) FROM batchkit.sinks WHERE name = %s", (sink,))[0][0] == 1:
+        for i in (1, 2):
+            q(db, "INSERT INTO batchkit.dead_letter (sink_id, seq, op, target, key, message, error) "
+                  "SELECT sink_id, %s, 'message', %s, 'k', '{\"dl\": 1}', 'test' "
+                  "FROM batchkit.sinks WHERE name = %s", (i, f"adm:{sink}", sink))
+    run([("capture", "SELECT batchkit.capture(%s::regclass, %s)", (t, sink), None),
+         ("enqueue", "SELECT batchkit.enqueue(%s, '{\"a\": 1}')", (sink,), None),
+         ("queue_depth", "SELECT batchkit.queue_depth(%s)", (sink,), 1),
+         ("dead_letters view", "SELECT count(*) FROM batchkit.dead_letters WHERE sink = %s",
+          (sink,), 2),
+         ("replay_dead_letters", "SELECT batchkit.replay_dead_letters(%s, "
+          "(SELECT array_agg(id) FROM (SELECT min(id) AS id FROM batchkit.dead_letters "
+          "WHERE sink = %s) m))", (sink, sink), 1),
+         ("purge_dead_letters", "SELECT batchkit.purge_dead_letters(%s)", (sink,), 1),
+         ("resume_sink", "SELECT batchkit.resume_sink(%s)", (sink,), None),
+         ("flush", "SELECT batchkit.flush(%s, '30 s')", (sink,), True),
+         ("uncapture", "SELECT batchkit.uncapture(%s::regclass, %s)", (t, sink), None),
+         ("drop_sink", "SELECT batchkit.drop_sink(%s, true)", (sink,), None)])
     q(db, "SELECT batchkit.drop_sink(name, true) FROM batchkit.sinks WHERE name = %s", (sink,))
     assert not failed, "a batchkit_admin member cannot: " + "; ".join(failed)
 
@@ -752,25 +762,28 @@ def test_100mb_row_and_payload_are_dead_lettered_and_kafka_sink_keeps_flowing(db
     q(db, "SELECT batchkit.capture(%s::regclass, %s)", (t, sink))
     start = postmaster_start(db)
     t0 = time.time()
-    q(db, f"INSERT INTO {t} VALUES (1, 'small')")
-    q(db, f"INSERT INTO {t} VALUES (2, repeat('x', {100 * MB}))")
-    q(db, "SELECT batchkit.enqueue(%s, jsonb_build_object('blob', repeat('y', %s)), key => 'blob')",
-      (sink, 100 * MB))
-    q(db, f"INSERT INTO {t} VALUES (3, 'small')")
-    assert q(db, "SELECT batchkit.flush(%s, '120 s')", (sink,))[0][0], "the oversized row blocks the sink"
-    dl = q(db, "SELECT key, op, length(message), attempts, error FROM batchkit.dead_letters "
-               "WHERE sink = %s ORDER BY id", (sink,))
-    assert [(d[0], d[1], d[3]) for d in dl] == [("2", "insert", 2), ("blob", "message", 2)], dl
-    assert all(d[2] > 100 * MB and "too large" in d[4].lower() for d in dl), dl
-    q(db, f"INSERT INTO {t} VALUES (4, 'after')")
-    assert q(db, "SELECT batchkit.flush(%s, '60 s')", (sink,))[0][0]
-    ids = sorted(json.loads(m["value"])["key"]["id"]
-                 for m in kafka_read_all(services["KAFKA_BOOTSTRAP"], topic))
-    assert ids == [1, 3, 4]
-    assert postmaster_start(db) == start
-    print(f"100 MB row + payload dead-lettered and sink drained in {time.time() - t0:.1f}s")
-    assert q(db, "SELECT batchkit.purge_dead_letters(%s)", (sink,))[0][0] == 2
-    q(db, "SELECT batchkit.drop_sink(%s, true)", (sink,))
+    try:
+        q(db, f"INSERT INTO {t} VALUES (1, 'small')")
+        q(db, f"INSERT INTO {t} VALUES (2, repeat('x', {100 * MB}))")
+        q(db, "SELECT batchkit.enqueue(%s, jsonb_build_object('blob', repeat('y', %s)), "
+              "key => 'blob')", (sink, 100 * MB))
+        q(db, f"INSERT INTO {t} VALUES (3, 'small')")
+        assert q(db, "SELECT batchkit.flush(%s, '120 s')", (sink,))[0][0], \
+            "the oversized row blocks the sink"
+        dl = q(db, "SELECT key, op, length(message), attempts, error FROM batchkit.dead_letters "
+                   "WHERE sink = %s ORDER BY id", (sink,))
+        assert [(d[0], d[1], d[3]) for d in dl] == [("2", "insert", 2), ("blob", "message", 2)], dl
+        assert all(d[2] > 100 * MB and "too large" in d[4].lower() for d in dl), dl
+        q(db, f"INSERT INTO {t} VALUES (4, 'after')")
+        assert q(db, "SELECT batchkit.flush(%s, '60 s')", (sink,))[0][0]
+        ids = sorted(json.loads(m["value"])["key"]["id"]
+                     for m in kafka_read_all(services["KAFKA_BOOTSTRAP"], topic))
+        assert ids == [1, 3, 4]
+        assert postmaster_start(db) == start
+        print(f"100 MB row + payload dead-lettered and sink drained in {time.time() - t0:.1f}s")
+        assert q(db, "SELECT batchkit.purge_dead_letters(%s)", (sink,))[0][0] == 2
+    finally:
+        q(db, "SELECT batchkit.drop_sink(%s, true)", (sink,))
 
 
 @pytest.fixture
