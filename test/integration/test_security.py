@@ -413,6 +413,132 @@ def test_queued_payloads_of_unreadable_tables_stay_private(db, services, as_role
     q(db, "SELECT batchkit.drop_sink(%s, true)", (sink,))
 
 
+def test_writer_cannot_run_code_as_the_queue_owner_through_search_path(db, services, as_role,
+                                                                      roles):
+    """The capture trigger and the outbox functions write the queue as its owner (a
+    superuser). A writer that owns a schema can put operators there that shadow
+    pg_catalog's (=, ->>, -, ...) and put that schema first in its search_path:
+    batchkit's own queries must never resolve to them, or the writer's code runs
+    as the superuser (CVE-2018-1058 class). The shadowing functions here only
+    record who runs them."""
+    sink = f"hij_{uid()}"
+    make_sink(db, sink, "redis", {"url": f"redis://127.0.0.1:{services['REDIS_PORT']}/0",
+                                  "command": "xadd", "key": f"{sink}:{{table}}"})
+    q(db, "SELECT batchkit.pause_sink(%s)", (sink,))
+    t = f"t_hij_{uid()}"
+    q(db, f"CREATE TABLE {t} (id int PRIMARY KEY, v text, n int)")
+    q(db, "SELECT batchkit.capture(%s::regclass, %s)", (t, sink))
+    seen = f"hij_seen_{uid()}"
+    q(db, f"CREATE TABLE public.{seen} (who text, session text, what text)")
+    q(db, f"GRANT INSERT ON public.{seen} TO PUBLIC")
+    shadows = [  # (operator, left, right, pg_catalog operator it forwards to)
+        ("=", "integer", "integer"), ("=", "text", "text"), ("=", "bigint", "bigint"),
+        ("=", "oid", "oid"), ("=", "boolean", "boolean"), ("->>", "jsonb", "text"),
+        ("-", "integer", "integer"), ("<", "bigint", "bigint"), (">", "bigint", "bigint"),
+        ("<=", "bigint", "bigint"), (">=", "bigint", "bigint"), ("+", "bigint", "bigint"),
+        ("+", "integer", "integer"), ("<>", "integer", "integer"), ("||", "text", "text"),
+    ]
+    ret = {"=": "boolean", "<": "boolean", ">": "boolean", "<=": "boolean", ">=": "boolean",
+           "<>": "boolean", "->>": "text", "||": "text"}
+    for which in ("plain", "admin"):
+        role = roles[which]
+        schema = f"own_{which}_{uid()}"
+        q(db, f'CREATE SCHEMA {schema} AUTHORIZATION "{role}"')
+        q(db, f'GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO "{role}"')
+        conn = as_role(which)
+        for i, (op, left, right) in enumerate(shadows):
+            rtype = ret.get(op, left)
+            q(conn, f"""CREATE FUNCTION {schema}.f{i}(a {left}, b {right}) RETURNS {rtype}
+                        LANGUAGE plpgsql SET search_path = pg_catalog AS $f$
+                        BEGIN
+                            INSERT INTO public.{seen} VALUES (current_user, session_user, '{op}');
+                            RETURN a OPERATOR(pg_catalog.{op}) b;
+                        END $f$""")
+            q(conn, f"CREATE OPERATOR {schema}.{op} (LEFTARG = {left}, RIGHTARG = {right}, "
+                    f"FUNCTION = {schema}.f{i})")
+        q(conn, f"SET search_path = {schema}, pg_catalog")
+        # the shadows work: the writer's own query resolves to them
+        q(conn, "SELECT 1 = 1")
+        assert q(db, f"SELECT count(*) FROM public.{seen} WHERE session = %s", (role,))[0][0] == 1
+        base = 100 if which == "admin" else 0
+        q(conn, f"INSERT INTO public.{t} VALUES ({base + 1}, 'a', 1), ({base + 2}, 'b', 2)")
+        q(conn, f"UPDATE public.{t} SET v = 'c' WHERE id = {base + 1}")
+        q(conn, f"DELETE FROM public.{t} WHERE id = {base + 2}")
+        if which == "admin":
+            q(conn, "SELECT batchkit.enqueue(%s, '{\"x\": 1}', 'k')", (sink,))
+            q(conn, "SELECT batchkit.enqueue_many(%s, ARRAY['{}'::jsonb, '{}'::jsonb])", (sink,))
+            q(conn, "SELECT batchkit.queue_depth(%s)", (sink,))
+            q(conn, "SELECT batchkit.flush(%s, '10 ms')", (sink,))
+        q(conn, "RESET search_path")
+    assert q(db, "SELECT batchkit.queue_depth(%s)", (sink,))[0][0] == 11   # all of it was captured
+    ran_as = q(db, f"SELECT DISTINCT who, session, what FROM public.{seen} WHERE who <> session "
+                   "ORDER BY 1, 2, 3")
+    assert ran_as == [], ("a writer's operator ran under another identity "
+                          f"(who, session, operator): {ran_as}")
+    q(db, "SELECT batchkit.drop_sink(%s, true)", (sink,))
+
+
+def test_database_owner_cannot_run_code_in_the_flush_worker_through_search_path(services):
+    """The flush worker is a superuser session in each database with batchkit. A
+    database owner (no superuser) may ALTER DATABASE ... SET search_path, which
+    every new session of the database, the worker included, starts with: the
+    worker's queries must not resolve to operators the owner put first in it."""
+    from helpers import connect_retry, wait_flush_worker
+    sfx = uid()
+    owner, dbn = f"bk_sec_dbo_{sfx}", f"bk_sec_owned_{sfx}"
+    admin = connect_retry(services, "postgres")
+    q(admin, f'CREATE ROLE "{owner}" LOGIN')
+    q(admin, f'CREATE DATABASE "{dbn}" OWNER "{owner}"')
+    try:
+        su = connect_retry(services, dbn)
+        q(su, "CREATE EXTENSION batchkit")
+        q(su, "CREATE TABLE public.seen (who text, what text, backend text)")
+        q(su, "GRANT INSERT ON public.seen TO PUBLIC")
+        o = connect_retry(services, dbn, user=owner)
+        q(o, "CREATE SCHEMA own")
+        for i, (op, left, right, rtype) in enumerate([
+                ("||", "jsonb", "jsonb", "jsonb"), ("=", "integer", "integer", "boolean"),
+                ("=", "bigint", "bigint", "boolean"), ("=", "text", "text", "boolean"),
+                ("->>", "jsonb", "text", "text"), ("-", "integer", "integer", "integer"),
+                ("<=", "bigint", "bigint", "boolean"), ("+", "bigint", "bigint", "bigint")]):
+            q(o, f"""CREATE FUNCTION own.f{i}(a {left}, b {right}) RETURNS {rtype}
+                     LANGUAGE plpgsql SET search_path = pg_catalog AS $f$
+                     BEGIN
+                         INSERT INTO public.seen VALUES (current_user, '{op}',
+                             (SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid()));
+                         RETURN a OPERATOR(pg_catalog.{op}) b;
+                     END $f$""")
+            q(o, f"CREATE OPERATOR own.{op} (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = own.f{i})")
+        q(o, f'ALTER DATABASE "{dbn}" SET search_path = own, pg_catalog')
+        o.close()
+        # the worker starts anew with the database's settings
+        old_pid = wait_flush_worker(services, dbn)
+        q(su, "SELECT pg_terminate_backend(%s)", (old_pid,))
+        deadline = time.time() + 30
+        while wait_flush_worker(services, dbn) == old_pid:
+            assert time.time() < deadline, "the flush worker was not restarted"
+            time.sleep(0.2)
+        su.close()
+        su = connect_retry(services, dbn)
+        q(su, "SET search_path = pg_catalog")
+        make_sink(su, "w", "redis", {"url": f"redis://127.0.0.1:{services['REDIS_PORT']}/0",
+                                     "command": "xadd", "key": f"{dbn}:{{table}}"})
+        q(su, "CREATE TABLE public.t (id int PRIMARY KEY)")
+        q(su, "SELECT batchkit.capture('public.t', 'w')")
+        q(su, "INSERT INTO public.t SELECT g FROM generate_series(1, 10) g")
+        assert q(su, "SELECT batchkit.flush('w', '30 s')")[0][0]
+        # (the test's own superuser sessions start with the owner's search_path too:
+        # only what batchkit's worker ran counts)
+        ran = q(su, "SELECT who, backend, what, count(*) FROM public.seen "
+                    "WHERE backend IS DISTINCT FROM 'client backend' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+        su.close()
+        assert ran == [], f"the database owner's operators ran inside batchkit as: {ran}"
+    finally:
+        q(admin, f'DROP DATABASE IF EXISTS "{dbn}" WITH (FORCE)')
+        q(admin, f'DROP ROLE IF EXISTS "{owner}"')
+        admin.close()
+
+
 # ------------------------------------------------------------------------ batch_upsert
 
 UPSERT_VARIANTS = ("jsonb", "text", "array", "from")
