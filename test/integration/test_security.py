@@ -1,6 +1,7 @@
 """Security suite (issue 7): privileges, secrets, payload privacy, batch_upsert
-under privileges and row-level security, SQL/RESP injection, absurd input,
-and oversized rows.
+under privileges and row-level security, search_path hijacking of what batchkit
+runs with more rights than its caller, SQL/RESP injection, absurd input, and
+oversized rows.
 
 Roles are real login roles connecting over the network: `plain` (no grant at
 all), `monitor` (member of pg_monitor, which may read batchkit's views) and
@@ -44,7 +45,6 @@ def roles(services, dbname):
     q(su, f'CREATE ROLE "{names["plain"]}" LOGIN')
     q(su, f'CREATE ROLE "{names["monitor"]}" LOGIN IN ROLE pg_monitor')
     q(su, f'CREATE ROLE "{names["admin"]}" LOGIN IN ROLE batchkit_admin')
-    q(su, "GRANT USAGE, CREATE ON SCHEMA public TO " + ", ".join(f'"{n}"' for n in names.values()))
     yield names
     q(su, "SELECT batchkit.drop_sink(name, true) FROM batchkit.sinks")
     for n in names.values():
