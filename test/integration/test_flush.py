@@ -16,9 +16,9 @@ import uuid
 import psycopg2
 import pytest
 import redis as redis_lib
-from kafka import KafkaConsumer, TopicPartition
 
 from conftest import ROOT, connect, free_port, make_sink, pg_script, set_sink_options, wait_for_server
+from helpers import kafka_read_all, stream_entries, wait_redis as _wait_redis
 
 
 def q(conn, sql, args=None):
@@ -45,46 +45,6 @@ def kafka_sink(db, services, name, topic, **extra):
     opts = {"bootstrap.servers": services["KAFKA_BOOTSTRAP"], "topic": topic}
     opts.update(extra)
     make_sink(db, name, "kafka", opts)
-
-
-def kafka_read_all(bootstrap, topic, timeout=30):
-    """Every message of a topic, from the beginning to the current end of each partition."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
-                      consumer_timeout_ms=1000, max_partition_fetch_bytes=8 * 1024 * 1024,
-                      fetch_max_bytes=64 * 1024 * 1024)
-    try:
-        deadline = time.time() + timeout
-        parts = None
-        while parts is None and time.time() < deadline:
-            parts = c.partitions_for_topic(topic)
-            if parts is None:
-                time.sleep(0.2)
-        assert parts, f"topic {topic} does not exist"
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
-        end = c.end_offsets(tps)
-        out = []
-        while time.time() < deadline:
-            if all(c.position(tp) >= end[tp] for tp in tps):
-                break
-            for tp, msgs in c.poll(timeout_ms=500).items():
-                for m in msgs:
-                    out.append({"partition": m.partition, "offset": m.offset,
-                                "key": m.key.decode() if m.key is not None else None,
-                                "headers": {k: v.decode() for k, v in (m.headers or [])},
-                                "value": m.value.decode() if m.value is not None else None})
-        assert all(c.position(tp) >= end[tp] for tp in tps), "could not read the whole topic"
-        return sorted(out, key=lambda m: (m["partition"], m["offset"]))
-    finally:
-        c.close()
-
-
-def stream_entries(r, key):
-    out = []
-    for _id, fields in r.xrange(key):
-        out.append({k.decode(): v.decode() for k, v in fields.items()})
-    return out
 
 
 def envelope_ops(values):
@@ -427,17 +387,6 @@ def test_redis_restart_mid_flush_exactly_once(db, services):
         proc.kill()
         proc.wait()
         subprocess.run(["rm", "-rf", d])
-
-
-def _wait_redis(r, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if r.ping():
-                return
-        except redis_lib.exceptions.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError("redis did not start")
 
 
 def test_kafka_broker_unreachable_for_10s(db, services):
