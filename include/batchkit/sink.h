@@ -215,6 +215,14 @@ typedef struct bk_log_entry {
  * queue keeps the newest 1024 entries. */
 int bk_sink_next_log(bk_sink *sink, bk_log_entry *out);
 
+/*
+ * Give the core a flag to watch while it waits on the network (the worker passes
+ * Postgres's InterruptPending): when it becomes non-zero, a send stops within
+ * ~100 ms and reports what is outstanding as RETRYABLE, so a stalled sink never
+ * keeps the worker from a shutdown, DROP DATABASE or other interrupt. Process-wide.
+ */
+void bk_sink_set_interrupt_flag(const volatile int *flag);
+
 /* Name of a bk_send_code ("ok", "retryable", "rejected"). Static storage. */
 const char *bk_send_code_name(uint8_t code);
 

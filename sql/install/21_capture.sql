@@ -194,9 +194,12 @@ $fn$;
 COMMENT ON FUNCTION batchkit.capture(regclass, text, text[], jsonb) IS
     'Capture inserts/updates/deletes of a table into a sink''s queue, in the writer''s transaction';
 
--- Drop a capture's triggers (those that still exist) and forget it.
+-- Drop a capture's triggers (those that still exist) and forget it. SECURITY
+-- DEFINER: a batchkit_admin member may uncapture a table it does not own (DROP
+-- TRIGGER needs the owner); it only ever drops batchkit's own capture triggers.
+-- EXECUTE is granted to batchkit_admin only.
 CREATE FUNCTION batchkit._drop_capture(v_id integer) RETURNS void
-    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     v_source regclass;
     t text;
@@ -213,6 +216,7 @@ BEGIN
 END
 $fn$;
 REVOKE ALL ON FUNCTION batchkit._drop_capture(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION batchkit._drop_capture(integer) TO batchkit_admin;
 
 CREATE FUNCTION batchkit.uncapture(source regclass, sink text) RETURNS void
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$

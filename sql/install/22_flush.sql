@@ -36,7 +36,7 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM batchkit._require_admin('replay dead letters');
-    SELECT s.sink_id INTO v_sink FROM batchkit.sink s WHERE s.name = replay_dead_letters.sink;
+    SELECT s.sink_id INTO v_sink FROM batchkit.sinks s WHERE s.name = replay_dead_letters.sink;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'batchkit sink "%" does not exist', sink USING ERRCODE = '42704';
     END IF;
@@ -63,7 +63,7 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM batchkit._require_admin('purge dead letters');
-    SELECT s.sink_id INTO v_sink FROM batchkit.sink s WHERE s.name = purge_dead_letters.sink;
+    SELECT s.sink_id INTO v_sink FROM batchkit.sinks s WHERE s.name = purge_dead_letters.sink;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'batchkit sink "%" does not exist', sink USING ERRCODE = '42704';
     END IF;

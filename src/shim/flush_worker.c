@@ -95,6 +95,7 @@ typedef struct SinkRuntime
 	bool		is_hset;
 	bool		is_redis;
 	int			send_timeout_ms;
+	int64		max_message_bytes;
 	bool		failing;
 	uint32		failures;		/* consecutive failed deliveries */
 	TimestampTz retry_at;
@@ -267,6 +268,7 @@ configure_sink(SinkRuntime *s, Datum *keys, Datum *values, bool *nulls, int n, c
 		BK_FORMAT_ROW : BK_FORMAT_ENVELOPE;
 	s->is_redis = strcmp(s->kind, "redis") == 0;
 	s->send_timeout_ms = (int) opt_int(opts, nopts, "send_timeout_ms", BK_SEND_TIMEOUT_MS);
+	s->max_message_bytes = opt_int(opts, nopts, "max_message_bytes", INT64CONST(536870912));
 	command = opt_str(opts, nopts, "command", "");
 	s->is_hset = s->is_redis && strcmp(command, "hset") == 0;
 	s->target_template = pstrdup(opt_str(opts, nopts, s->is_redis ? "key" : "topic",
@@ -1103,13 +1105,57 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	}
 	MemoryContextSwitchTo(old);
 
-	/* no transaction: send */
-	bk_slot_set_state(my_slot, "sending", s->name);
-	t0 = GetCurrentTimestamp();
-	(void) bk_sink_send_batch(s->sink, msgs, b.nmsgs, batch.batch_seq, results, s->send_timeout_ms,
-							  &summary, &st);
+	/*
+	 * A message larger than max_message_bytes is refused before sending: a server
+	 * that drops the connection on it (Redis past proto-max-bulk-len) would
+	 * otherwise look like an outage and block the sink forever.
+	 */
+	{
+		int			nsend = 0;
+		int		   *map = palloc(sizeof(int) * Max(b.nmsgs, 1));
+		bk_message *tosend = MemoryContextAlloc(cxt, sizeof(bk_message) * Max(b.nmsgs, 1));
+		bk_send_result *sent = MemoryContextAllocZero(cxt, sizeof(bk_send_result) * Max(b.nmsgs, 1));
+		size_t		oversize = 0;
+
+		for (int i = 0; i < b.nmsgs; i++)
+		{
+			if ((int64) (msgs[i].value_len + msgs[i].key_len) > s->max_message_bytes)
+			{
+				results[i].code = BK_SEND_REJECTED;
+				results[i].message = MemoryContextStrdup(cxt,
+														 psprintf("message of %zu bytes exceeds max_message_bytes (%lld)",
+																  msgs[i].value_len + msgs[i].key_len,
+																  (long long) s->max_message_bytes));
+				oversize++;
+				continue;
+			}
+			map[nsend] = i;
+			tosend[nsend++] = msgs[i];
+		}
+		bk_slot_set_state(my_slot, "sending", s->name);
+		t0 = GetCurrentTimestamp();
+		memset(&summary, 0, sizeof(summary));
+		if (nsend > 0)
+			(void) bk_sink_send_batch(s->sink, tosend, nsend, batch.batch_seq, sent,
+									  s->send_timeout_ms, &summary, &st);
+		for (int k = 0; k < nsend; k++)
+		{
+			results[map[k]] = sent[k];
+			if (sent[k].message)
+				results[map[k]].message = MemoryContextStrdup(cxt, sent[k].message);
+		}
+		if (oversize > 0 && summary.retryable == 0 && summary.rejected == 0)
+			snprintf(st.message, sizeof(st.message), "%zu message(s) exceed max_message_bytes",
+					 oversize);
+	}
 	drain_sink_logs(s);
 
+	if (summary.retryable > 0 && InterruptPending)
+	{
+		/* the send gave way to an interrupt: not the sink's fault; replayed later */
+		CHECK_FOR_INTERRUPTS();
+		return false;
+	}
 	if (summary.retryable > 0)
 	{
 		/* the sink (or the network) failed: the batch stays in flight and is replayed */
@@ -1192,6 +1238,8 @@ batchkit_flush_worker_main(Datum main_arg)
 	 * and operators its queries run.
 	 */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	/* a send stalled on the network gives way to shutdown, DROP DATABASE, barriers */
+	bk_sink_set_interrupt_flag((const volatile int *) &InterruptPending);
 
 	/* one worker per database */
 	LWLockAcquire(bk_shared->lock, LW_SHARED);

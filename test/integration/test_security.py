@@ -924,10 +924,13 @@ def test_row_larger_than_redis_accepts_is_dead_lettered_not_blocking(db, small_b
     row must go to dead letters and the rows after it must still be delivered
     (issue 7: an oversized row is dead-lettered instead of blocking the sink).
     4 MB rather than 100 MB: the server's limit is what matters, and a sink that
-    does block would re-encode 100 MB on every retry."""
+    does block would re-encode 100 MB on every retry.
+    The sink's max_message_bytes is set to the server's proto-max-bulk-len (its
+    default, 512 MiB, is Redis's default)."""
     t, sink = f"t_bigr_{uid()}", f"bigr_{uid()}"
     make_sink(db, sink, "redis", {"url": small_bulk_redis.url, "command": "xadd",
                                   "key": "big:{table}", "max_attempts": 2,
+                                  "max_message_bytes": MB,
                                   "retry_backoff_ms": 50, "retry_backoff_max_ms": 500})
     q(db, f"CREATE TABLE {t} (id int PRIMARY KEY, payload text)")
     q(db, "SELECT batchkit.capture(%s::regclass, %s)", (t, sink))

@@ -51,6 +51,13 @@ const std::vector<CommonSpec> &common_specs() {
         {"retry_backoff_max_ms", CommonType::Integer, 1, 3600000, {}, "30000", "milliseconds"},
         {"format", CommonType::Choice, 0, 0, {"envelope", "row"}, "envelope", nullptr},
         {"send_timeout_ms", CommonType::Integer, 1, 3600000, {}, "30000", "milliseconds"},
+        {"max_message_bytes",
+         CommonType::Integer,
+         1,
+         1073741824,
+         {},
+         "536870912",
+         "bytes, 1 B to 1 GiB"},
     };
     return specs;
 }
@@ -113,7 +120,7 @@ const char *const kCommonOptionNames[] = {
     "batch_size",   "max_wait_ms",      "max_batch_bytes",
     "max_queue",    "on_full",          "on_full_timeout_ms",
     "max_attempts", "retry_backoff_ms", "retry_backoff_max_ms",
-    "format",       "send_timeout_ms",  "outbox_target"};
+    "format",       "send_timeout_ms",  "outbox_target", "max_message_bytes"};
 const size_t kCommonOptionCount = sizeof kCommonOptionNames / sizeof kCommonOptionNames[0];
 
 const Option *SinkConfig::find(std::string_view key) const {

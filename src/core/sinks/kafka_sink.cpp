@@ -270,7 +270,7 @@ bool KafkaSink::drain_window(Clock::time_point deadline) {
     // small requests; measured on this 2-core machine, windows of 3000 deliver
     // batches of 10k about 1.5x faster with ~30% less CPU per message.
     while (outstanding_ > kMaxOutstanding / 2) {
-        if (Clock::now() >= deadline)
+        if (Clock::now() >= deadline || sink_interrupted())
             return false;
         // flush() marks the producer as flushing only while it runs (a broker
         // thread that wakes after it returned would still linger): keep it
@@ -283,10 +283,10 @@ bool KafkaSink::drain_window(Clock::time_point deadline) {
 void KafkaSink::wait_for_reports(Clock::time_point deadline) {
     while (outstanding_ > 0) {
         int left = ms_until(deadline);
-        if (left <= 0)
+        if (left <= 0 || sink_interrupted())
             break;
         // flush() sends at once, ignoring linger.ms, and serves reports (dr_cb).
-        rd_kafka_flush(rk_, std::min(left, 100));
+        rd_kafka_flush(rk_, std::min(left, kInterruptSliceMs));
     }
     if (outstanding_ == 0)
         return;

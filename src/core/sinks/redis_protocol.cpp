@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "encoding/buf_internal.hpp"
+#include "sinks/sink_base.hpp"
 #include "util/abi_guard.hpp"
 
 namespace bk {
@@ -230,12 +231,12 @@ void RespReader::fill(std::chrono::steady_clock::time_point deadline) {
         int wait = ms_until(deadline);
         if (wait == 0)
             throw Error(BK_UNAVAILABLE, "redis: timed out waiting for a reply");
+        if (sink_interrupted())
+            throw Error(BK_UNAVAILABLE, "redis: interrupted while waiting for a reply");
         pollfd pfd{fd_, POLLIN, 0};
-        int pr = poll(&pfd, 1, wait);
+        int pr = poll(&pfd, 1, std::min(wait, kInterruptSliceMs));
         if (pr < 0 && errno != EINTR)
             io_error("poll failed", errno);
-        if (pr == 0)
-            throw Error(BK_UNAVAILABLE, "redis: timed out waiting for a reply");
     }
 }
 
@@ -320,12 +321,14 @@ void send_all(int fd, std::string_view data, RespReader &reader,
         int wait = ms_until(deadline);
         if (wait == 0)
             throw Error(BK_UNAVAILABLE, "redis: timed out writing the batch");
+        if (sink_interrupted())
+            throw Error(BK_UNAVAILABLE, "redis: interrupted while writing the batch");
         pollfd pfd{fd, POLLOUT | POLLIN, 0};
-        int pr = poll(&pfd, 1, wait);
+        int pr = poll(&pfd, 1, std::min(wait, kInterruptSliceMs));
         if (pr < 0 && errno != EINTR)
             io_error("poll failed", errno);
         if (pr == 0)
-            throw Error(BK_UNAVAILABLE, "redis: timed out writing the batch");
+            continue;
         if (pfd.revents & POLLIN)
             reader.drain_available(); // replies (+QUEUED) arriving while we write
     }

@@ -138,6 +138,11 @@ void fill_all(bk_send_result *results, size_t n, uint8_t code, const char *msg) 
 
 } // namespace
 
+namespace bk {
+const volatile int *g_interrupt_flag = nullptr;
+bool sink_interrupted() noexcept { return g_interrupt_flag != nullptr && *g_interrupt_flag != 0; }
+} // namespace bk
+
 extern "C" {
 
 bk_sink *bk_sink_open(const char *kind, const bk_sink_option *opts, size_t nopts, bk_status *st) {
@@ -263,6 +268,8 @@ int bk_sink_next_log(bk_sink *sink, bk_log_entry *out) {
         return 0;
     return sink->impl->log().pop(out) ? 1 : 0;
 }
+
+void bk_sink_set_interrupt_flag(const volatile int *flag) { bk::g_interrupt_flag = flag; }
 
 const char *bk_send_code_name(uint8_t code) {
     switch (code) {

@@ -19,6 +19,13 @@
 
 namespace bk {
 
+// The interrupt flag of bk_sink_set_interrupt_flag (nullptr: never interrupted).
+extern const volatile int *g_interrupt_flag;
+bool sink_interrupted() noexcept;
+// Waits on the network are cut into slices of at most this many ms, to watch it.
+constexpr int kInterruptSliceMs = 100;
+
+
 using Clock = std::chrono::steady_clock;
 
 // Bounded, thread-safe queue of log lines; drained by the worker (bk_sink_next_log).
