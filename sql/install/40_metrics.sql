@@ -9,6 +9,12 @@
 -- reads itself (as the catalog's owner), so calling it directly is as safe as
 -- the view. See docs/metrics.md.
 
+-- true, or the clear "must be loaded via shared_preload_libraries" error: in
+-- the views' WHERE it runs once, even when there is no sink to show
+CREATE FUNCTION batchkit._require_preload() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'batchkit_require_preload'
+    LANGUAGE C STABLE;
+
 CREATE FUNCTION batchkit._sink_stats(sink_id integer,
     OUT state text, OUT depth_known boolean, OUT rows_queued bigint,
     OUT batches bigint, OUT rows_sent bigint, OUT rows_failed bigint,
@@ -58,7 +64,8 @@ SELECT s.name AS sink,
        st.last_error_at,
        st.stats_reset
   FROM batchkit.sink s
- CROSS JOIN LATERAL batchkit._sink_stats(s.sink_id) st;
+ CROSS JOIN LATERAL batchkit._sink_stats(s.sink_id) st
+ WHERE batchkit._require_preload();
 COMMENT ON VIEW batchkit.sink_stats IS
     'Per-sink delivery statistics since the last reset: queue depth and age, batches, rows, bytes, retries, flush times, lag, last error';
 
@@ -66,6 +73,7 @@ CREATE VIEW batchkit.batch_histograms AS
 SELECT s.name AS sink, h.metric, h.le, h.count
   FROM batchkit.sink s
  CROSS JOIN LATERAL batchkit._batch_histograms(s.sink_id) h
+ WHERE batchkit._require_preload()
  ORDER BY s.name, h.metric, h.le;
 COMMENT ON VIEW batchkit.batch_histograms IS
     'Cumulative histogram buckets per sink: batch_size (rows), flush_duration_seconds, lag_seconds (capture to acknowledgement, per row); le = Infinity is the total';

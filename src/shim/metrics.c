@@ -53,6 +53,19 @@ PG_FUNCTION_INFO_V1(batchkit_sink_stats);
 PG_FUNCTION_INFO_V1(batchkit_batch_histograms);
 PG_FUNCTION_INFO_V1(batchkit_metrics);
 PG_FUNCTION_INFO_V1(batchkit_reset_stats);
+PG_FUNCTION_INFO_V1(batchkit_require_preload);
+
+/*
+ * batchkit._require_preload(): true, or the "must be loaded via
+ * shared_preload_libraries" error. STABLE and argument-free, so in a view's
+ * WHERE it is a one-time filter: the view fails clearly even with no sinks.
+ */
+Datum
+batchkit_require_preload(PG_FUNCTION_ARGS)
+{
+	bk_require_shmem();
+	PG_RETURN_BOOL(true);
+}
 
 /* ---- copying statistics out of shared memory ------------------------------------ */
 

@@ -14,9 +14,14 @@
  * or acknowledged around the restart is never counted twice) and the state
  * (a worker sets it again).
  *
- * A crash (or kill -9 of the postmaster) loses the statistics since start-up:
- * nothing is saved on a non-zero exit code, and the file of the previous clean
- * shutdown was removed when it was loaded, so stale numbers never come back.
+ * A crash loses the statistics since start-up, as it loses PostgreSQL's own
+ * cumulative statistics: a backend crash reinitialises shared memory (and the
+ * exit callback sees a non-zero code and saves nothing); after an immediate
+ * shutdown or a postmaster crash the control file says the cluster was not
+ * shut down cleanly and the file, if any, is discarded unread — a batch
+ * replayed by crash recovery would otherwise be counted twice. The file of the
+ * previous clean shutdown was removed when it was loaded, so stale numbers
+ * never come back.
  * The file is versioned and checksummed; a file that does not match this
  * build (other version, record size or histogram buckets) is ignored with a LOG.
  */
@@ -24,6 +29,8 @@
 
 #include <unistd.h>
 
+#include "catalog/pg_control.h"
+#include "common/controldata_utils.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "port/pg_crc32c.h"
@@ -207,6 +214,19 @@ error:
 	unlink(BK_STATS_FILE ".tmp");
 }
 
+/* Whether the control file says the last shutdown was clean (no crash recovery ahead). */
+static bool
+shut_down_cleanly(void)
+{
+	bool		crc_ok = false;
+	ControlFileData *cf = get_controlfile(DataDir, &crc_ok);
+	bool		clean = crc_ok && (cf->state == DB_SHUTDOWNED ||
+								   cf->state == DB_SHUTDOWNED_IN_RECOVERY);
+
+	pfree(cf);
+	return clean;
+}
+
 /*
  * Called once by the shmem startup hook when the segment was just created,
  * with every sink slot free. Reads the file, checks it whole, then fills slots.
@@ -233,6 +253,12 @@ bk_stats_file_load(void)
 		return;
 	}
 
+	if (!shut_down_cleanly())
+	{
+		ereport(LOG,
+				(errmsg("discarding batchkit statistics: the server was not shut down cleanly")));
+		goto done;
+	}
 	if (fread(&hdr, sizeof(hdr), 1, file) != 1)
 		goto bad;
 	if (hdr.magic != BK_STATS_MAGIC || hdr.version != BK_STATS_VERSION ||
