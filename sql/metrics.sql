@@ -68,7 +68,7 @@ SET ROLE bk_regress_m_plain;
 SELECT count(*) FROM batchkit.sink_stats;
 SELECT count(*) FROM batchkit.batch_histograms;
 SELECT batchkit.metrics() IS NOT NULL;
-SELECT * FROM batchkit._sink_stats(1);
+SELECT * FROM batchkit._sink_stats();
 SELECT batchkit.reset_stats();
 RESET ROLE;
 SET ROLE bk_regress_m_monitor;

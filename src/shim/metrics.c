@@ -1,25 +1,34 @@
 /*
- * metrics.c — what a DBA sees of batching: the C functions behind the
- * batchkit.sink_stats and batchkit.batch_histograms views, batchkit.metrics()
- * (Prometheus text) and batchkit.reset_stats().
+ * metrics.c — what a DBA sees of batching: the set-returning functions behind
+ * the batchkit.sink_stats and batchkit.batch_histograms views,
+ * batchkit.metrics() (Prometheus text) and batchkit.reset_stats(); and the
+ * gauges the flush worker publishes for the launcher's /metrics endpoint.
  *
  * Locking contract (the statistics live in BkSinkSlot, shmem.c):
- *   - bk_shared->lock SHARED while looking a slot up and copying it, so the
- *     slot cannot be forgotten and reused under the copy;
+ *   - bk_shared->lock SHARED while finding and copying slots, so a slot cannot
+ *     be forgotten and reused under the copy (EXCLUSIVE only to free the slots
+ *     of a dropped database);
  *   - the slot's spinlock `mutex` around the copy itself (one struct
- *     assignment) and around reset_stats' stores, nothing else: no call, no
- *     allocation, no ereport while it is held. The flush worker writes the
- *     statistics under the same spinlock, so a reader delays it by one memcpy
- *     at most, and it never waits for a reader's SQL;
+ *     assignment), around reset_stats' stores and the worker's gauge stores,
+ *     nothing else: no call, no allocation, no ereport while it is held. The
+ *     flush worker writes the statistics under the same spinlock, so a reader
+ *     delays it by one memcpy at most and never makes it wait for SQL;
  *   - `queued` is an atomic, read without any lock.
- * Everything after the copy (quantiles, formatting, SPI) works on the local copy.
+ * Everything after the copy (quantiles, formatting, SPI) works on local copies.
  *
- * Catalog reads (sink names, pause flags, queue age, dead letters) go through
- * SPI as the queue's owner (bk_begin_as_owner), because the callers —
- * pg_monitor members — have no privilege on batchkit's tables; EXECUTE on these
- * functions is what is granted. Secrets: no label is free text (sink names are
- * [A-Za-z0-9_.-]); last_error is shown only after bk_redact_secrets has masked
- * the sink's secret option values.
+ * Cost: monitoring polls these often, so each call is one pass over the slots
+ * and one prepared SPI query per purpose (plans kept for the backend's life);
+ * the views are thin `SELECT * FROM fn()`. A sink's queue depth is the shared
+ * counter when it is known; only before it is rebuilt (right after start-up)
+ * is the queue summed, and reading never rebuilds it (no monitoring side effect).
+ *
+ * Privileges: the catalog is read through SPI as the queue's owner
+ * (bk_begin_as_owner), because the callers — pg_monitor members — have no
+ * privilege on batchkit's tables; EXECUTE on these functions is what is
+ * granted. They run with search_path = pg_catalog, pg_temp (SQL SET clause),
+ * so nothing a caller puts on its path runs as the owner. Secrets: no label is
+ * free text (sink names are [A-Za-z0-9_.-]); last_error is shown only after
+ * bk_redact_secrets has masked the sink's secret option values.
  *
  * C++ lifetime: bk_metrics_prometheus fills a core-owned bk_buf; it is copied
  * into palloc memory with MCXT_ALLOC_NO_OOM and freed before anything can
@@ -30,7 +39,7 @@
 #include <math.h>
 
 #include "access/htup_details.h"
-#include "catalog/pg_authid.h"
+#include "access/xact.h"
 #include "catalog/pg_type_d.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -41,6 +50,8 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/float.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "batchkit/encoding.h"
@@ -49,53 +60,14 @@
 #include "batchkit.h"
 #include "sink_stats.h"
 
+#define BK_GAUGES_INTERVAL_MS 1000
+
 PG_FUNCTION_INFO_V1(batchkit_sink_stats);
 PG_FUNCTION_INFO_V1(batchkit_batch_histograms);
 PG_FUNCTION_INFO_V1(batchkit_metrics);
 PG_FUNCTION_INFO_V1(batchkit_reset_stats);
-PG_FUNCTION_INFO_V1(batchkit_require_preload);
-
-/*
- * batchkit._require_preload(): true, or the "must be loaded via
- * shared_preload_libraries" error. STABLE and argument-free, so in a view's
- * WHERE it is a one-time filter: the view fails clearly even with no sinks.
- */
-Datum
-batchkit_require_preload(PG_FUNCTION_ARGS)
-{
-	bk_require_shmem();
-	PG_RETURN_BOOL(true);
-}
 
 /* ---- copying statistics out of shared memory ------------------------------------ */
-
-/*
- * Copy the statistics of one sink. Returns false (and zeroes *out) when the sink
- * has no shared slot: it has never been seen by a worker or a writer since start.
- */
-bool
-bk_metrics_copy_slot(Oid dboid, int32 sink_id, BkSinkStatsCopy *out)
-{
-	bool		found = false;
-
-	memset(out, 0, sizeof(*out));
-	if (bk_shared == NULL)
-		return false;
-	LWLockAcquire(bk_shared->lock, LW_SHARED);
-	for (int i = 0; i < bk_shared->max_sinks; i++)
-	{
-		BkSinkSlot *s = &bk_shared->sinks[i];
-
-		if (s->in_use && s->dboid == dboid && s->sink_id == sink_id)
-		{
-			bk_metrics_copy_locked(s, out);
-			found = true;
-			break;
-		}
-	}
-	LWLockRelease(bk_shared->lock);
-	return found;
-}
 
 /* Copy a slot the caller found under bk_shared->lock (SHARED or EXCLUSIVE). */
 void
@@ -109,8 +81,38 @@ bk_metrics_copy_locked(BkSinkSlot *s, BkSinkStatsCopy *out)
 }
 
 /*
- * The state shown for a sink that is not paused in the catalog: failing while
- * in backoff, active while it has rows to deliver or just delivered, else idle.
+ * Copy every slot of a database (every slot: InvalidOid). Two passes: count,
+ * allocate (never while holding the lock), copy; a slot created in between
+ * shows on the next call.
+ */
+int
+bk_metrics_copy_slots(Oid dboid, BkSinkStatsCopy **out)
+{
+	int			n = 0;
+	int			cap = 0;
+	BkSinkStatsCopy *copies;
+
+	LWLockAcquire(bk_shared->lock, LW_SHARED);
+	for (int i = 0; i < bk_shared->max_sinks; i++)
+		if (bk_shared->sinks[i].in_use &&
+			(!OidIsValid(dboid) || bk_shared->sinks[i].dboid == dboid))
+			cap++;
+	LWLockRelease(bk_shared->lock);
+
+	copies = palloc(sizeof(BkSinkStatsCopy) * Max(cap, 1));
+	LWLockAcquire(bk_shared->lock, LW_SHARED);
+	for (int i = 0; i < bk_shared->max_sinks && n < cap; i++)
+		if (bk_shared->sinks[i].in_use &&
+			(!OidIsValid(dboid) || bk_shared->sinks[i].dboid == dboid))
+			bk_metrics_copy_locked(&bk_shared->sinks[i], &copies[n++]);
+	LWLockRelease(bk_shared->lock);
+	*out = copies;
+	return n;
+}
+
+/*
+ * The state shown for a sink that is not paused: failing while in backoff,
+ * active while it has rows to deliver or has just delivered, else idle.
  */
 const char *
 bk_metrics_state(const BkSinkStatsCopy *c)
@@ -165,15 +167,135 @@ bk_metrics_forget_database(Oid dboid)
 	LWLockRelease(bk_shared->lock);
 }
 
-/* ---- batchkit._sink_stats(sink_id) -------------------------------------- */
+/* ---- the catalog side (SPI as the owner, prepared plans) --------------------------- */
 
-static Datum
-interval_from_seconds(double seconds)
+/* One sink of this database: catalog columns, table-derived gauges, shared statistics. */
+typedef struct SinkRow
 {
-	Interval   *iv = palloc0(sizeof(Interval));
+	int32		sink_id;
+	char	   *name;
+	char	   *kind;
+	bool		paused;
+	bool		has_oldest;		/* a chunk is queued */
+	TimestampTz oldest_at;		/* its capture time */
+	int64		dead_letters;
+	BkSinkStatsCopy stats;		/* zeros when the sink has no slot yet */
+	bool		has_slot;
+} SinkRow;
 
-	iv->time = (TimeOffset) llround(seconds * USECS_PER_SEC);
-	return IntervalPGetDatum(iv);
+static SPIPlanPtr sinks_plan = NULL;
+static SPIPlanPtr names_plan = NULL;
+static SPIPlanPtr secrets_plan = NULL;
+static SPIPlanPtr upserts_plan = NULL;
+
+static SPIPlanPtr
+prepare_kept(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "batchkit: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
+}
+
+/*
+ * The sinks of this database, in name order, with their statistics. With
+ * `gauges`, also the oldest queued chunk (one probe of the (sink_id, chunk_id)
+ * index), the dead letter count, and — only for a sink whose depth counter is
+ * not rebuilt yet — the queue depth summed from the table. Rows and strings are
+ * allocated in `cxt`; SPI must not be connected.
+ */
+static int
+gather_sinks(SinkRow **out, bool gauges, MemoryContext cxt)
+{
+	BkSinkStatsCopy *copies;
+	int			ncopies = bk_metrics_copy_slots(MyDatabaseId, &copies);
+	Datum	   *known = palloc(sizeof(Datum) * Max(ncopies, 1));
+	int			nknown = 0;
+	Oid			save_userid;
+	int			save_sec;
+	int			rc;
+	int			n;
+	SinkRow    *rows;
+
+	for (int i = 0; i < ncopies; i++)
+		if (copies[i].depth_known)
+			known[nknown++] = Int32GetDatum(copies[i].slot.sink_id);
+
+	bk_begin_as_owner(&save_userid, &save_sec);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "batchkit: SPI_connect failed");
+	if (gauges)
+	{
+		Oid			types[1] = {INT4ARRAYOID};
+		Datum		args[1];
+
+		args[0] = PointerGetDatum(construct_array(known, nknown, INT4OID, 4, true, TYPALIGN_INT));
+		rc = SPI_execute_plan(prepare_kept(&sinks_plan,
+										   "SELECT s.sink_id, s.name, s.kind, s.paused, "
+										   "  (SELECT q.captured_at FROM batchkit.queue q "
+										   "    WHERE q.sink_id = s.sink_id ORDER BY q.chunk_id LIMIT 1), "
+										   "  (SELECT count(*) FROM batchkit.dead_letter d "
+										   "    WHERE d.sink_id = s.sink_id), "
+										   "  CASE WHEN s.sink_id = ANY ($1) THEN NULL ELSE "
+										   "    (SELECT COALESCE(sum(q.nrecords - q.done_records), 0)::int8 "
+										   "       FROM batchkit.queue q WHERE q.sink_id = s.sink_id) END "
+										   "FROM batchkit.sink s ORDER BY s.name",
+										   1, types),
+							  args, NULL, true, 0);
+	}
+	else
+		rc = SPI_execute_plan(prepare_kept(&names_plan,
+										   "SELECT s.sink_id, s.name, s.kind, s.paused "
+										   "FROM batchkit.sink s ORDER BY s.name", 0, NULL),
+							  NULL, NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "batchkit: reading sinks failed: %s", SPI_result_code_string(rc));
+
+	n = (int) SPI_processed;
+	rows = MemoryContextAllocZero(cxt, sizeof(SinkRow) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[i];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+		SinkRow    *r = &rows[i];
+		bool		isnull;
+		Datum		v;
+
+		r->sink_id = DatumGetInt32(SPI_getbinval(t, d, 1, &isnull));
+		r->name = MemoryContextStrdup(cxt, TextDatumGetCString(SPI_getbinval(t, d, 2, &isnull)));
+		r->kind = MemoryContextStrdup(cxt, TextDatumGetCString(SPI_getbinval(t, d, 3, &isnull)));
+		r->paused = DatumGetBool(SPI_getbinval(t, d, 4, &isnull));
+		for (int j = 0; j < ncopies; j++)
+			if (copies[j].slot.sink_id == r->sink_id)
+			{
+				r->stats = copies[j];
+				r->has_slot = true;
+				break;
+			}
+		if (!gauges)
+			continue;
+		v = SPI_getbinval(t, d, 5, &isnull);
+		r->has_oldest = !isnull;
+		r->oldest_at = isnull ? 0 : DatumGetTimestampTz(v);
+		r->dead_letters = DatumGetInt64(SPI_getbinval(t, d, 6, &isnull));
+		v = SPI_getbinval(t, d, 7, &isnull);
+		if (!isnull)
+		{
+			/* counter not rebuilt yet: the table's sum stands in for it */
+			r->stats.depth_known = true;
+			r->stats.queued = (uint64) Max(DatumGetInt64(v), 0);
+		}
+	}
+	SPI_finish();
+	bk_end_as_owner(save_userid, save_sec);
+	*out = rows;
+	return n;
 }
 
 /*
@@ -186,143 +308,156 @@ sink_secrets(int32 sink_id, int *n)
 	MemoryContext outer = CurrentMemoryContext;
 	Oid			save_userid;
 	int			save_sec;
-	Datum		arg[1];
 	Oid			types[1] = {INT4OID};
-	const char **out = NULL;
+	Datum		args[1];
+	const char **out;
 	int			rc;
 
 	*n = 0;
 	bk_begin_as_owner(&save_userid, &save_sec);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "batchkit: SPI_connect failed");
-	arg[0] = Int32GetDatum(sink_id);
-	rc = SPI_execute_with_args("SELECT e.value FROM batchkit.sink_secret x, "
-							   "pg_catalog.jsonb_each_text(x.options) e "
-							   "WHERE x.sink_id = $1 AND e.value IS NOT NULL",
-							   1, types, arg, NULL, true, 0);
+	args[0] = Int32GetDatum(sink_id);
+	rc = SPI_execute_plan(prepare_kept(&secrets_plan,
+									   "SELECT e.value FROM batchkit.sink_secret x, "
+									   "  jsonb_each_text(x.options) e "
+									   "WHERE x.sink_id = $1 AND e.value IS NOT NULL",
+									   1, types),
+						  args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "batchkit: reading sink secrets failed: %s", SPI_result_code_string(rc));
 	out = MemoryContextAllocZero(outer, sizeof(char *) * Max(SPI_processed, 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		char	   *v = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-
-		out[(*n)++] = MemoryContextStrdup(outer, v);
-	}
+		out[(*n)++] = MemoryContextStrdup(outer, SPI_getvalue(SPI_tuptable->vals[i],
+															  SPI_tuptable->tupdesc, 1));
 	SPI_finish();
 	bk_end_as_owner(save_userid, save_sec);
 	return out;
 }
 
-/*
- * One row of statistics for a sink of the current database (zeros for a sink
- * with no shared slot yet). The view adds the catalog's columns.
- */
+/* ---- batchkit._sink_stats() -------------------------------------------------------- */
+
+static Datum
+interval_from_seconds(double seconds)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = (TimeOffset) llround(seconds * USECS_PER_SEC);
+	return IntervalPGetDatum(iv);
+}
+
+#define SINK_STATS_COLS 21
+
+/* One row per sink of this database (zero counters for a sink with no slot yet). */
 Datum
 batchkit_sink_stats(PG_FUNCTION_ARGS)
 {
-	TupleDesc	tupdesc;
-	Datum		values[18];
-	bool		nulls[18] = {0};
-	BkSinkStatsCopy c;
-	bool		found;
-	int32		sink_id;
-	const BkSinkSlot *s = &c.slot;
-	double		q;
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	SinkRow    *rows;
+	int			n;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
 	bk_require_shmem();
-	sink_id = PG_GETARG_INT32(0);
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "batchkit._sink_stats: return type must be a row type");
-	if (tupdesc->natts != lengthof(values))
-		elog(ERROR, "batchkit._sink_stats: expected %d columns", (int) lengthof(values));
+	InitMaterializedSRF(fcinfo, 0);
+	if (rsinfo->setDesc->natts != SINK_STATS_COLS)
+		elog(ERROR, "batchkit._sink_stats: expected %d columns", SINK_STATS_COLS);
+	n = gather_sinks(&rows, true, CurrentMemoryContext);
 
-	found = bk_metrics_copy_slot(MyDatabaseId, sink_id, &c);
-
-	values[0] = CStringGetTextDatum(bk_metrics_state(&c));
-	values[1] = BoolGetDatum(c.depth_known);
-	values[2] = Int64GetDatum((int64) c.queued);
-	values[3] = Int64GetDatum((int64) s->batches);
-	values[4] = Int64GetDatum((int64) s->rows_sent);
-	values[5] = Int64GetDatum((int64) s->rows_failed);
-	values[6] = Int64GetDatum((int64) s->rows_dead);
-	values[7] = Int64GetDatum((int64) s->bytes_sent);
-	values[8] = Int64GetDatum((int64) s->retries);
-	values[9] = Int64GetDatum((int64) s->last_batch_size);
-	if (s->batches > 0)
-		values[10] = Float8GetDatum((double) (s->rows_sent + s->rows_dead) / (double) s->batches);
-	else
-		nulls[10] = true;
-	if (s->last_flush_at != 0)
+	for (int i = 0; i < n; i++)
 	{
-		values[11] = TimestampTzGetDatum(s->last_flush_at);
-		values[12] = interval_from_seconds(s->last_flush_seconds);
-	}
-	else
-		nulls[11] = nulls[12] = true;
-	q = bk_histogram_quantile(&s->hist[BK_HIST_LAG_SECONDS], BK_HIST_LAG_SECONDS, 0.5);
-	if (q >= 0)
-		values[13] = Float8GetDatum(q * 1000.0);
-	else
-		nulls[13] = true;
-	q = bk_histogram_quantile(&s->hist[BK_HIST_LAG_SECONDS], BK_HIST_LAG_SECONDS, 0.99);
-	if (q >= 0)
-		values[14] = Float8GetDatum(q * 1000.0);
-	else
-		nulls[14] = true;
-	if (s->last_error[0] != '\0')
-	{
-		int			nsecrets;
-		const char **secrets = sink_secrets(sink_id, &nsecrets);
-		char		shown[sizeof(s->last_error)];
+		SinkRow    *r = &rows[i];
+		const BkSinkSlot *s = &r->stats.slot;
+		Datum		values[SINK_STATS_COLS];
+		bool		nulls[SINK_STATS_COLS] = {0};
+		double		q;
 
-		bk_redact_secrets(s->last_error, secrets, nsecrets, shown, sizeof(shown));
-		values[15] = CStringGetTextDatum(shown);
-	}
-	else
-		nulls[15] = true;
-	if (s->last_error_at != 0)
-		values[16] = TimestampTzGetDatum(s->last_error_at);
-	else
-		nulls[16] = true;
-	if (found && s->stats_reset != 0)
-		values[17] = TimestampTzGetDatum(s->stats_reset);
-	else
-		nulls[17] = true;
+		values[0] = CStringGetTextDatum(r->name);
+		values[1] = CStringGetTextDatum(r->kind);
+		values[2] = CStringGetTextDatum(r->paused ? "paused" : bk_metrics_state(&r->stats));
+		values[3] = Int64GetDatum((int64) r->stats.queued);
+		values[4] = interval_from_seconds(r->has_oldest ?
+										  Max((double) (now - r->oldest_at) / USECS_PER_SEC, 0) : 0);
+		values[5] = Int64GetDatum((int64) s->batches);
+		values[6] = Int64GetDatum((int64) s->rows_sent);
+		values[7] = Int64GetDatum((int64) s->rows_failed);
+		values[8] = Int64GetDatum((int64) s->rows_dead);
+		values[9] = Int64GetDatum(r->dead_letters);
+		values[10] = Int64GetDatum((int64) s->bytes_sent);
+		values[11] = Int64GetDatum((int64) s->retries);
+		values[12] = Int64GetDatum((int64) s->last_batch_size);
+		if (s->batches > 0)
+			values[13] = Float8GetDatum((double) (s->rows_sent + s->rows_dead) / (double) s->batches);
+		else
+			nulls[13] = true;
+		if (s->last_flush_at != 0)
+		{
+			values[14] = TimestampTzGetDatum(s->last_flush_at);
+			values[15] = interval_from_seconds(s->last_flush_seconds);
+		}
+		else
+			nulls[14] = nulls[15] = true;
+		q = bk_histogram_quantile(&s->hist[BK_HIST_LAG_SECONDS], BK_HIST_LAG_SECONDS, 0.5);
+		values[16] = Float8GetDatum(q * 1000.0);
+		nulls[16] = q < 0;
+		q = bk_histogram_quantile(&s->hist[BK_HIST_LAG_SECONDS], BK_HIST_LAG_SECONDS, 0.99);
+		values[17] = Float8GetDatum(q * 1000.0);
+		nulls[17] = q < 0;
+		if (s->last_error[0] != '\0')
+		{
+			int			nsecrets;
+			const char **secrets = sink_secrets(r->sink_id, &nsecrets);
+			char		shown[sizeof(s->last_error)];
 
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+			bk_redact_secrets(s->last_error, secrets, nsecrets, shown, sizeof(shown));
+			values[18] = CStringGetTextDatum(shown);
+		}
+		else
+			nulls[18] = true;
+		values[19] = TimestampTzGetDatum(s->last_error_at);
+		nulls[19] = s->last_error_at == 0;
+		values[20] = TimestampTzGetDatum(s->stats_reset);
+		nulls[20] = !r->has_slot || s->stats_reset == 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }
 
-/* ---- batchkit._batch_histograms(sink_id) ----------------------------------------- */
+/* ---- batchkit._batch_histograms() ---------------------------------------------------- */
 
-/* Cumulative buckets of the three histograms of a sink: (metric, le, count). */
+/* Cumulative buckets of the three histograms of every sink: (sink, metric, le, count). */
 Datum
 batchkit_batch_histograms(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	BkSinkStatsCopy c;
+	SinkRow    *rows;
+	int			n;
 
 	bk_require_shmem();
 	InitMaterializedSRF(fcinfo, 0);
-	(void) bk_metrics_copy_slot(MyDatabaseId, PG_GETARG_INT32(0), &c);
+	n = gather_sinks(&rows, false, CurrentMemoryContext);
 
-	for (int k = 0; k < BK_HIST_KIND_COUNT; k++)
+	for (int r = 0; r < n; r++)
 	{
-		int			n = 0;
-		const double *bounds = bk_histogram_bounds((bk_histogram_kind) k, &n);
-		const bk_histogram *h = &c.slot.hist[k];
-		uint64		cumulative = 0;
-
-		for (int i = 0; i <= n; i++)
+		/* metrics in name order: batch_size, flush_duration_seconds, lag_seconds */
+		for (int k = 0; k < BK_HIST_KIND_COUNT; k++)
 		{
-			Datum		values[3];
-			bool		nulls[3] = {0};
+			int			nb = 0;
+			const double *bounds = bk_histogram_bounds((bk_histogram_kind) k, &nb);
+			const bk_histogram *h = &rows[r].stats.slot.hist[k];
+			uint64		cumulative = 0;
 
-			cumulative += h->counts[i];
-			values[0] = CStringGetTextDatum(bk_histogram_name((bk_histogram_kind) k));
-			values[1] = Float8GetDatum(i < n ? bounds[i] : get_float8_infinity());
-			values[2] = Int64GetDatum((int64) cumulative);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			for (int i = 0; i <= nb; i++)
+			{
+				Datum		values[4];
+				bool		nulls[4] = {0};
+
+				cumulative += h->counts[i];
+				values[0] = CStringGetTextDatum(rows[r].name);
+				values[1] = CStringGetTextDatum(bk_histogram_name((bk_histogram_kind) k));
+				values[2] = Float8GetDatum(i < nb ? bounds[i] : get_float8_infinity());
+				values[3] = Int64GetDatum((int64) cumulative);
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			}
 		}
 	}
 	return (Datum) 0;
@@ -330,99 +465,32 @@ batchkit_batch_histograms(PG_FUNCTION_ARGS)
 
 /* ---- batchkit.metrics() ---------------------------------------------------------- */
 
-/* Sinks of this database with their catalog-side numbers (SPI connected, as owner). */
+/* batch_upsert statistics of this database (SPI as owner); strings in cxt. */
 static int
-gather_sinks(bk_metrics_sink **out, BkSinkStatsCopy **copies_out)
+gather_upserts(bk_metrics_upsert **out, const char *dbname, MemoryContext cxt)
 {
-	int			rc;
-	int			n;
-	bk_metrics_sink *m;
-	BkSinkStatsCopy *copies;
-	char	   *dbname = get_database_name(MyDatabaseId);
-
-	/*
-	 * The depth of a sink whose counter is not rebuilt yet is summed from the
-	 * queue; otherwise the counter is exact and the sum is skipped (it scans every
-	 * queued chunk of the sink). The oldest chunk is one index probe.
-	 */
-	rc = SPI_execute("SELECT s.sink_id, s.name, s.paused, "
-					 "  (SELECT extract(epoch FROM now() - q.captured_at)::float8 "
-					 "     FROM batchkit.queue q WHERE q.sink_id = s.sink_id "
-					 "    ORDER BY q.chunk_id LIMIT 1), "
-					 "  (SELECT count(*) FROM batchkit.dead_letter d WHERE d.sink_id = s.sink_id) "
-					 "FROM batchkit.sink s ORDER BY s.name",
-					 true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "batchkit: reading sinks failed: %s", SPI_result_code_string(rc));
-	n = (int) SPI_processed;
-	m = palloc0(sizeof(bk_metrics_sink) * Max(n, 1));
-	copies = palloc0(sizeof(BkSinkStatsCopy) * Max(n, 1));
-	{
-		SPITupleTable *tt = SPI_tuptable;
-
-		for (int i = 0; i < n; i++)
-		{
-			HeapTuple	t = tt->vals[i];
-			TupleDesc	d = tt->tupdesc;
-			bool		isnull;
-			int32		sink_id = DatumGetInt32(SPI_getbinval(t, d, 1, &isnull));
-			bool		paused = DatumGetBool(SPI_getbinval(t, d, 3, &isnull));
-			Datum		age = SPI_getbinval(t, d, 4, &isnull);
-
-			(void) bk_metrics_copy_slot(MyDatabaseId, sink_id, &copies[i]);
-			bk_metrics_fill_sink(&copies[i], &m[i]);
-			m[i].database = dbname;
-			m[i].sink = SPI_getvalue(t, d, 2);
-			m[i].state = paused ? "paused" : bk_metrics_state(&copies[i]);
-			m[i].oldest_queued_age_seconds = isnull ? 0.0 : Max(DatumGetFloat8(age), 0.0);
-			m[i].dead_letters = DatumGetInt64(SPI_getbinval(t, d, 5, &isnull));
-			copies[i].slot.sink_id = sink_id;
-		}
-	}
-	/* depths the counters do not know yet */
-	for (int i = 0; i < n; i++)
-	{
-		Datum		arg[1];
-		Oid			types[1] = {INT4OID};
-		bool		isnull;
-
-		if (m[i].queued_known)
-			continue;
-		arg[0] = Int32GetDatum(copies[i].slot.sink_id);
-		rc = SPI_execute_with_args("SELECT COALESCE(sum(nrecords - done_records), 0)::bigint "
-								   "FROM batchkit.queue WHERE sink_id = $1",
-								   1, types, arg, NULL, true, 1);
-		if (rc == SPI_OK_SELECT && SPI_processed == 1)
-		{
-			m[i].queued = (uint64) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-															  SPI_tuptable->tupdesc, 1, &isnull));
-			m[i].queued_known = 1;
-		}
-	}
-	*out = m;
-	*copies_out = copies;
-	return n;
-}
-
-/* batch_upsert statistics of this database (SPI connected, as owner). */
-static int
-gather_upserts(bk_metrics_upsert **out)
-{
+	Oid			save_userid;
+	int			save_sec;
+	Oid			types[1] = {OIDOID};
+	Datum		args[1];
 	int			rc;
 	int			n;
 	bk_metrics_upsert *u;
-	char	   *dbname = get_database_name(MyDatabaseId);
 
-	rc = SPI_execute("SELECT target, calls, rows_in, inserted, updated, fallbacks, "
-					 "  total_time_ms / 1000.0 "
-					 "FROM batchkit.upsert_stats "
-					 "WHERE database = current_database() AND target IS NOT NULL "
-					 "ORDER BY target",
-					 true, 0);
+	bk_begin_as_owner(&save_userid, &save_sec);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "batchkit: SPI_connect failed");
+	args[0] = ObjectIdGetDatum(MyDatabaseId);
+	rc = SPI_execute_plan(prepare_kept(&upserts_plan,
+									   "SELECT u.relid::regclass::text, u.calls, u.rows_in, "
+									   "  u.inserted, u.updated, u.fallbacks, u.total_time_ms / 1000.0 "
+									   "FROM batchkit._upsert_stats() u WHERE u.dbid = $1 ORDER BY 1",
+									   1, types),
+						  args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "batchkit: reading upsert_stats failed: %s", SPI_result_code_string(rc));
+		elog(ERROR, "batchkit: reading upsert statistics failed: %s", SPI_result_code_string(rc));
 	n = (int) SPI_processed;
-	u = palloc0(sizeof(bk_metrics_upsert) * Max(n, 1));
+	u = MemoryContextAllocZero(cxt, sizeof(bk_metrics_upsert) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		HeapTuple	t = SPI_tuptable->vals[i];
@@ -430,7 +498,7 @@ gather_upserts(bk_metrics_upsert **out)
 		bool		isnull;
 
 		u[i].database = dbname;
-		u[i].target = SPI_getvalue(t, d, 1);
+		u[i].target = MemoryContextStrdup(cxt, SPI_getvalue(t, d, 1));
 		u[i].calls = (uint64) DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
 		u[i].rows_in = (uint64) DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
 		u[i].inserted = (uint64) DatumGetInt64(SPI_getbinval(t, d, 4, &isnull));
@@ -438,6 +506,8 @@ gather_upserts(bk_metrics_upsert **out)
 		u[i].fallbacks = (uint64) DatumGetInt64(SPI_getbinval(t, d, 6, &isnull));
 		u[i].total_seconds = DatumGetFloat8(SPI_getbinval(t, d, 7, &isnull));
 	}
+	SPI_finish();
+	bk_end_as_owner(save_userid, save_sec);
 	*out = u;
 	return n;
 }
@@ -483,27 +553,33 @@ bk_metrics_render(const bk_metrics_sink *sinks, int nsinks, const bk_metrics_ups
 Datum
 batchkit_metrics(PG_FUNCTION_ARGS)
 {
-	Oid			save_userid;
-	int			save_sec;
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *dbname;
+	SinkRow    *rows;
 	bk_metrics_sink *sinks;
-	BkSinkStatsCopy *copies;
 	bk_metrics_upsert *ups;
 	int			nsinks;
 	int			nups;
-	text	   *result;
-	MemoryContext outer = CurrentMemoryContext;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
 	bk_require_shmem();
-	bk_begin_as_owner(&save_userid, &save_sec);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "batchkit: SPI_connect failed");
-	nsinks = gather_sinks(&sinks, &copies);
-	nups = gather_upserts(&ups);
-	/* the strings live in SPI's memory: render before SPI_finish, into the caller's context */
-	result = bk_metrics_render(sinks, nsinks, ups, nups, outer);
-	SPI_finish();
-	bk_end_as_owner(save_userid, save_sec);
-	PG_RETURN_TEXT_P(result);
+	dbname = get_database_name(MyDatabaseId);
+	nsinks = gather_sinks(&rows, true, cxt);
+	nups = gather_upserts(&ups, dbname, cxt);
+	sinks = palloc0(sizeof(bk_metrics_sink) * Max(nsinks, 1));
+	for (int i = 0; i < nsinks; i++)
+	{
+		SinkRow    *r = &rows[i];
+
+		bk_metrics_fill_sink(&r->stats, &sinks[i]);
+		sinks[i].database = dbname;
+		sinks[i].sink = r->name;
+		sinks[i].state = r->paused ? "paused" : bk_metrics_state(&r->stats);
+		sinks[i].oldest_queued_age_seconds =
+			r->has_oldest ? Max((double) (now - r->oldest_at) / USECS_PER_SEC, 0.0) : 0.0;
+		sinks[i].dead_letters = r->dead_letters;
+	}
+	PG_RETURN_TEXT_P(bk_metrics_render(sinks, nsinks, ups, nups, cxt));
 }
 
 /* ---- batchkit.reset_stats(sink) ---------------------------------------------------- */
@@ -530,9 +606,10 @@ reset_slot_locked(BkSinkSlot *s, TimestampTz now)
 
 /*
  * batchkit.reset_stats(sink text DEFAULT NULL): zero the counters and histograms
- * of one sink of this database, or of all of them. The queue depth is not a
- * statistic and is kept. Superusers and batchkit_admin only (EXECUTE is granted
- * to batchkit_admin; checked here too, in case it is granted wider).
+ * of one sink of this database, or of all of them. The queue depth and the
+ * gauges are not statistics and are kept. Superusers and batchkit_admin only
+ * (EXECUTE is granted to batchkit_admin; checked here too, in case it is
+ * granted wider).
  */
 Datum
 batchkit_reset_stats(PG_FUNCTION_ARGS)
@@ -572,4 +649,68 @@ batchkit_reset_stats(PG_FUNCTION_ARGS)
 	}
 	LWLockRelease(bk_shared->lock);
 	PG_RETURN_VOID();
+}
+
+/* ---- gauges for the launcher's /metrics endpoint ------------------------------------- */
+
+/*
+ * Called by the flush worker on every loop iteration, outside any transaction:
+ * about once a second, copy into each sink's slot what the launcher cannot read
+ * itself — the capture time of the oldest queued chunk and the number of dead
+ * letters. One short read-only transaction; a failure is logged and skipped.
+ */
+void
+bk_metrics_publish_gauges(void)
+{
+	static TimestampTz last = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	if (bk_shared == NULL || !TimestampDifferenceExceeds(last, now, BK_GAUGES_INTERVAL_MS))
+		return;
+	last = now;
+	PG_TRY();
+	{
+		int			rc;
+
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		rc = SPI_execute("SELECT s.sink_id, "
+						 "  (SELECT q.captured_at FROM batchkit.queue q "
+						 "    WHERE q.sink_id = s.sink_id ORDER BY q.chunk_id LIMIT 1), "
+						 "  (SELECT count(*) FROM batchkit.dead_letter d WHERE d.sink_id = s.sink_id) "
+						 "FROM batchkit.sink s", true, 0);
+		for (uint64 i = 0; rc == SPI_OK_SELECT && i < SPI_processed; i++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[i];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int32		sink_id = DatumGetInt32(SPI_getbinval(t, d, 1, &isnull));
+			Datum		oldest = SPI_getbinval(t, d, 2, &isnull);
+			TimestampTz oldest_at = isnull ? 0 : DatumGetTimestampTz(oldest);
+			int64		dead = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+			BkSinkSlot *slot = bk_sink_slot(MyDatabaseId, sink_id, false);
+
+			if (slot == NULL)
+				continue;
+			SpinLockAcquire(&slot->mutex);
+			slot->oldest_queued_at = oldest_at;
+			slot->dead_letters = dead;
+			slot->gauges_at = now;
+			SpinLockRelease(&slot->mutex);
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
 }

@@ -18,8 +18,8 @@ typedef struct BkSinkStatsCopy
 } BkSinkStatsCopy;
 
 /* metrics.c */
-extern bool bk_metrics_copy_slot(Oid dboid, int32 sink_id, BkSinkStatsCopy *out);
 extern void bk_metrics_copy_locked(BkSinkSlot *s, BkSinkStatsCopy *out);
+extern int	bk_metrics_copy_slots(Oid dboid, BkSinkStatsCopy **out);
 extern const char *bk_metrics_state(const BkSinkStatsCopy *c);
 extern double bk_metrics_unix_seconds(TimestampTz ts);
 extern void bk_metrics_fill_sink(const BkSinkStatsCopy *c, bk_metrics_sink *m);

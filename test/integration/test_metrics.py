@@ -257,14 +257,17 @@ def test_upsert_counters_and_label_escaping(db, dbname):
       (regclass, json.dumps([{"id": 2, "v": "c"}, {"id": 3, "v": "d"}, {"id": 3, "v": "e"}])))
     text = q(db, "SELECT batchkit.metrics()")[0][0]
     m = parse_metrics(text)
-    lab = {"database": dbname, "target": regclass}
+    # always schema-qualified: the label must not depend on the caller's search_path
+    label = q(db, "SELECT format('%%I.%%I', 'public', %s::text)", (table,))[0][0]
+    assert label == 'public."up""s\\ert"'
+    lab = {"database": dbname, "target": label}
     assert sample(m, "batch_upsert_calls_total", **lab) == 2
     assert sample(m, "batch_upsert_input_rows_total", **lab) == 5
     assert sample(m, "batch_upsert_rows_total", result="inserted", **lab) == 3
     assert sample(m, "batch_upsert_rows_total", result="updated", **lab) == 1
     assert sample(m, "batch_upsert_duration_seconds_total", **lab) > 0
     # the escaped form is on the wire
-    assert 'target="\\"up\\"\\"s\\\\ert\\""' in text
+    assert 'target="public.\\"up\\"\\"s\\\\ert\\""' in text
 
 
 def _role(db, name, *in_roles):
@@ -290,7 +293,7 @@ def test_pg_monitor_reads_ordinary_role_is_denied(db, dbname, services):
         c.close()
         c = connect(services, dbname, user=plain)
         for sql in ("SELECT * FROM batchkit.sink_stats", "SELECT * FROM batchkit.batch_histograms",
-                    "SELECT batchkit.metrics()", "SELECT * FROM batchkit._sink_stats(1)",
+                    "SELECT batchkit.metrics()", "SELECT * FROM batchkit._sink_stats()",
                     "SELECT batchkit.reset_stats()", "SELECT * FROM batchkit.upsert_stats"):
             with pytest.raises(psycopg2.errors.InsufficientPrivilege) as e:
                 q(c, sql)
@@ -333,8 +336,7 @@ def test_no_secret_anywhere(db, dbname, services):
                     "SELECT batchkit.metrics()",
                     "SELECT s::text FROM batchkit.sinks s",
                     "SELECT w::text FROM batchkit.workers w",
-                    f"SELECT x::text FROM batchkit._sink_stats("
-                    f"(SELECT sink_id FROM batchkit.sinks WHERE name = '{rsink}')) x"):
+                    "SELECT x::text FROM batchkit._sink_stats() x"):
             shown += [r[0] for r in q(c, sql)]
         c.close()
         shown += [r[0] for r in q(db, "SELECT s::text FROM batchkit.sink_stats s")]
@@ -500,7 +502,7 @@ def test_functions_fail_clearly_without_preload(services):
         # no sink at all: the views must still say why they cannot work
         for sql in ("SELECT * FROM batchkit.sink_stats", "SELECT * FROM batchkit.batch_histograms",
                     "SELECT batchkit.metrics()", "SELECT batchkit.reset_stats()",
-                    "SELECT batchkit.reset_stats('x')", "SELECT * FROM batchkit._sink_stats(1)"):
+                    "SELECT batchkit.reset_stats('x')", "SELECT * FROM batchkit._sink_stats()"):
             with pytest.raises(psycopg2.Error) as e:
                 q(conn, sql)
             assert "batchkit must be loaded via shared_preload_libraries" in str(e.value), sql
