@@ -85,6 +85,7 @@ typedef struct BkSinkSlot {
      */
     TimestampTz oldest_queued_at; /* capture time of the oldest queued chunk; 0: none */
     int64 dead_letters;           /* rows in dead_letters */
+    int64 queued_in_table;        /* rows queued, summed while `queued` is not rebuilt; -1: not */
     TimestampTz gauges_at;        /* when published; 0: never */
 } BkSinkSlot;
 

@@ -672,31 +672,52 @@ bk_metrics_publish_gauges(void)
 	PG_TRY();
 	{
 		int			rc;
+		SPITupleTable *tt;
+		uint64		nrows;
 
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
+		/* the queue is summed only for a sink whose depth counter is not rebuilt */
 		rc = SPI_execute("SELECT s.sink_id, "
 						 "  (SELECT q.captured_at FROM batchkit.queue q "
 						 "    WHERE q.sink_id = s.sink_id ORDER BY q.chunk_id LIMIT 1), "
 						 "  (SELECT count(*) FROM batchkit.dead_letter d WHERE d.sink_id = s.sink_id) "
 						 "FROM batchkit.sink s", true, 0);
-		for (uint64 i = 0; rc == SPI_OK_SELECT && i < SPI_processed; i++)
+		/* later SPI calls replace SPI_tuptable; this result stays valid until SPI_finish */
+		tt = rc == SPI_OK_SELECT ? SPI_tuptable : NULL;
+		nrows = rc == SPI_OK_SELECT ? SPI_processed : 0;
+		for (uint64 i = 0; i < nrows; i++)
 		{
-			HeapTuple	t = SPI_tuptable->vals[i];
-			TupleDesc	d = SPI_tuptable->tupdesc;
+			HeapTuple	t = tt->vals[i];
+			TupleDesc	d = tt->tupdesc;
 			bool		isnull;
 			int32		sink_id = DatumGetInt32(SPI_getbinval(t, d, 1, &isnull));
 			Datum		oldest = SPI_getbinval(t, d, 2, &isnull);
 			TimestampTz oldest_at = isnull ? 0 : DatumGetTimestampTz(oldest);
 			int64		dead = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+			int64		in_table = -1;
 			BkSinkSlot *slot = bk_sink_slot(MyDatabaseId, sink_id, false);
 
 			if (slot == NULL)
 				continue;
+			if (!slot->depth_known)
+			{
+				Oid			types[1] = {INT4OID};
+				Datum		args[1];
+
+				args[0] = Int32GetDatum(sink_id);
+				if (SPI_execute_with_args("SELECT COALESCE(sum(nrecords - done_records), 0)::int8 "
+										  "FROM batchkit.queue WHERE sink_id = $1",
+										  1, types, args, NULL, true, 1) == SPI_OK_SELECT &&
+					SPI_processed == 1)
+					in_table = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 1, &isnull));
+			}
 			SpinLockAcquire(&slot->mutex);
 			slot->oldest_queued_at = oldest_at;
 			slot->dead_letters = dead;
+			slot->queued_in_table = in_table;
 			slot->gauges_at = now;
 			SpinLockRelease(&slot->mutex);
 		}

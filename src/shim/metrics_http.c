@@ -297,6 +297,11 @@ gather_all_sinks(bk_metrics_sink **out)
 			m[n].oldest_queued_age_seconds = c->slot.oldest_queued_at == 0 ? 0.0 :
 				Max((double) (now - c->slot.oldest_queued_at) / USECS_PER_SEC, 0.0);
 			m[n].dead_letters = c->slot.dead_letters;
+			if (!c->depth_known && c->slot.queued_in_table >= 0)
+			{
+				m[n].queued_known = 1;
+				m[n].queued = (uint64) c->slot.queued_in_table;
+			}
 		}
 		else
 		{

@@ -512,3 +512,129 @@ def test_functions_fail_clearly_without_preload(services):
         pg_script("stop", d, "immediate", check=False)
         import shutil
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the launcher's /metrics endpoint
+
+def _http(port, request=b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5):
+    """One raw HTTP exchange: (status, headers, body)."""
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(request)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    assert int(headers["content-length"]) == len(body)
+    return status, headers, body.decode()
+
+
+def _set_metrics_port(services, port):
+    c = connect(services)
+    if port:
+        q(c, f"ALTER SYSTEM SET batchkit.metrics_port = {int(port)}")
+    else:
+        q(c, "ALTER SYSTEM RESET batchkit.metrics_port")
+    q(c, "SELECT pg_reload_conf()")
+    c.close()
+
+
+def _wait_http(port, up=True, timeout=15):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            _http(port, timeout=1)
+            if up:
+                return
+        except OSError:
+            if not up:
+                return
+        if time.time() > deadline:
+            raise AssertionError(f"endpoint on port {port} did not come {'up' if up else 'down'}")
+        time.sleep(0.2)
+
+
+def test_http_endpoint_serves_every_database_without_stalling_the_launcher(db, dbname, services):
+    import socket
+    sink, table = f"mh_{uid()}", f"th_{uid()}"
+    capture_paused_then_drain(db, services, sink, table, 1200)
+    other = f"bk_metrics_http_{uid()}"
+    q(db, f'CREATE DATABASE "{other}"')
+    port = free_port()
+    silent = []
+    try:
+        o = connect(services, other)
+        q(o, "CREATE EXTENSION batchkit")
+        osink = f"mho_{uid()}"
+        redis_sink(o, services, osink)
+        q(o, "CREATE TABLE t (id int PRIMARY KEY)")
+        q(o, "SELECT batchkit.capture('t'::regclass, %s)", (osink,))
+        q(o, "SELECT batchkit.pause_sink(%s)", (osink,))
+        q(o, "INSERT INTO t SELECT generate_series(1, 77)")
+
+        _set_metrics_port(services, port)
+        _wait_http(port)
+        time.sleep(1.5)                     # the flush workers publish their gauges each second
+        status, headers, body = _http(port)
+        assert status == 200
+        assert headers["content-type"].startswith("text/plain; version=0.0.4")
+        m = parse_metrics(body)
+        sql = parse_metrics(q(db, "SELECT batchkit.metrics()")[0][0])
+        lab = {"database": dbname, "operation": sink}
+        for name, extra in (("batch_items_processed_total", {"status": "success"}),
+                            ("batch_items_processed_total", {"status": "dead_lettered"}),
+                            ("batch_bytes_sent_total", {}),
+                            ("batch_processing_size_count", {}),
+                            ("batch_processing_size_sum", {}),
+                            ("batch_processing_size_bucket", {"le": "1000"}),
+                            ("batch_commit_to_ack_lag_seconds_count", {}),
+                            ("batch_queue_size", {}),
+                            ("batch_dead_letters", {})):
+            assert sample(m, name, **lab, **extra) == sample(sql, name, **lab, **extra), name
+        assert sample(m, "batch_items_processed_total", status="success", **lab) == 1200
+        # the other database, from the same endpoint
+        olab = {"database": other, "operation": osink}
+        assert sample(m, "batch_queue_size", **olab) == 77
+        assert sample(m, "batch_queue_oldest_age_seconds", **olab) > 0
+        assert sample(m, "batch_sink_state", state="paused", **olab) == 1
+
+        # wrong path and method
+        assert _http(port, b"GET /other HTTP/1.1\r\n\r\n")[0] == 404
+        assert _http(port, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")[0] == 405
+        assert _http(port, b"garbage\r\n\r\n")[0] == 400
+
+        # silent and half-open clients, more than the endpoint serves at once
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            silent.append(s)
+        silent[0].sendall(b"GET /metr")
+        t0 = time.time()
+        act0 = q(db, "SELECT last_activity FROM batchkit.workers WHERE kind = 'launcher'")[0][0]
+        time.sleep(2.5)                     # > batchkit.naptime (1 s): the launcher went round
+        act1 = q(db, "SELECT last_activity FROM batchkit.workers WHERE kind = 'launcher'")[0][0]
+        assert act1 > act0, "the launcher stalled behind silent HTTP clients"
+        for s in silent:
+            s.close()
+        silent = []
+        status, _, body = _http(port)
+        assert status == 200 and f'operation="{osink}"' in body
+        assert time.time() - t0 < 10
+        o.close()
+    finally:
+        for s in silent:
+            s.close()
+        _set_metrics_port(services, 0)
+        q(db, f'DROP DATABASE "{other}" WITH (FORCE)')
+    _wait_http(port, up=False)
+    log = open(os.path.join(services["BATCHKIT_RUN_DIR"], "pg", "pg.log")).read()
+    assert f'batchkit metrics endpoint listening on "127.0.0.1" port {port}' in log
+    assert "batchkit metrics endpoint closed" in log
