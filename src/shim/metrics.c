@@ -655,8 +655,8 @@ batchkit_reset_stats(PG_FUNCTION_ARGS)
 
 /*
  * Called by the flush worker on every loop iteration, outside any transaction:
- * about once a second, copy into each sink's slot what the launcher cannot read
- * itself — the capture time of the oldest queued chunk and the number of dead
+ * while the /metrics endpoint is on (batchkit.metrics_port), about once a
+ * second, copy into each sink's slot what the launcher cannot read itself — the capture time of the oldest queued chunk and the number of dead
  * letters. One short read-only transaction; a failure is logged and skipped.
  */
 void
@@ -666,7 +666,9 @@ bk_metrics_publish_gauges(void)
 	TimestampTz now = GetCurrentTimestamp();
 	MemoryContext oldcxt = CurrentMemoryContext;
 
-	if (bk_shared == NULL || !TimestampDifferenceExceeds(last, now, BK_GAUGES_INTERVAL_MS))
+	/* only the endpoint needs them: nothing to do while it is off */
+	if (bk_shared == NULL || bk_metrics_port == 0 ||
+		!TimestampDifferenceExceeds(last, now, BK_GAUGES_INTERVAL_MS))
 		return;
 	last = now;
 	PG_TRY();

@@ -12,10 +12,11 @@
  * database's catalog. Everything it shows therefore comes from the per-sink
  * slots in shared memory: the counters and histograms the flush workers write,
  * the sink's name and state (the worker copies them there on each catalog
- * reload; "paused" included), the queue depth counter, and two gauges the
- * flush worker publishes about once a second (oldest queued row, rows in
- * dead_letters; bk_metrics_publish_gauges in metrics.c). Database names come
- * from pg_database, a shared catalog the launcher may read. batch_upsert's
+ * reload; "paused" included), the queue depth counter, and gauges the flush
+ * worker publishes about once a second while the endpoint is on (oldest queued
+ * row, rows in dead_letters, the queue depth while its counter is not rebuilt;
+ * bk_metrics_publish_gauges in metrics.c). Database names come from
+ * pg_database, a shared catalog the launcher may read. batch_upsert's
  * counters are keyed by relation oid, which only the database itself can name:
  * they are in batchkit.metrics() only.
  *
@@ -82,6 +83,7 @@ static int	bound_port = 0;
 static char *bound_address = NULL;
 static TimestampTz bind_failed_at = 0;
 static HttpClient *clients[BK_HTTP_MAX_CLIENTS];
+static TimestampTz accept_paused_until = 0;	/* after accept() failed (e.g. EMFILE) */
 
 void
 bk_metrics_http_define_gucs(void)
@@ -212,7 +214,16 @@ accept_clients(pgsocket lfd)
 		int			slot = -1;
 
 		if (fd == PGINVALID_SOCKET)
-			return;				/* EAGAIN: nothing more waiting (or a transient error) */
+		{
+			/*
+			 * EAGAIN: nothing more is waiting. Anything else (out of file
+			 * descriptors...) would leave the socket readable and spin the wait:
+			 * stop accepting for a second.
+			 */
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+				accept_paused_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+			return;
+		}
 		for (int i = 0; i < BK_HTTP_MAX_CLIENTS; i++)
 			if (clients[i] == NULL)
 			{
@@ -489,8 +500,12 @@ bk_metrics_http_wait(long timeout_ms)
 								 BK_HTTP_MAX_LISTEN + BK_HTTP_MAX_CLIENTS + 2);
 		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-		for (int i = 0; i < nlisten; i++)
-			AddWaitEventToSet(set, WL_SOCKET_READABLE, listen_fds[i], NULL, (void *) (intptr_t) -1);
+		if (now >= accept_paused_until)
+			for (int i = 0; i < nlisten; i++)
+				AddWaitEventToSet(set, WL_SOCKET_READABLE, listen_fds[i], NULL,
+								  (void *) (intptr_t) -1);
+		else
+			wait_ms = Min(wait_ms, (long) ((accept_paused_until - now + 999) / 1000));
 		for (int i = 0; i < BK_HTTP_MAX_CLIENTS; i++)
 			if (clients[i])
 				AddWaitEventToSet(set, clients[i]->responding ? WL_SOCKET_WRITEABLE :
