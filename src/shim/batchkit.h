@@ -78,6 +78,15 @@ typedef struct BkSinkSlot {
     TimestampTz last_error_at;
     TimestampTz stats_reset;
     bk_histogram hist[BK_HIST_KIND_COUNT];
+
+    /*
+     * Gauges the flush worker copies from its database about once a second, for
+     * the launcher's /metrics endpoint, which cannot read any database (metrics.c).
+     */
+    TimestampTz oldest_queued_at; /* capture time of the oldest queued chunk; 0: none */
+    int64 dead_letters;           /* rows in dead_letters */
+    int64 queued_in_table;        /* rows queued, summed while `queued` is not rebuilt; -1: not */
+    TimestampTz gauges_at;        /* when published; 0: never */
 } BkSinkSlot;
 
 typedef struct BkShared {
@@ -126,6 +135,15 @@ extern int32 bk_lookup_sink_id(const char *name, bool missing_ok);
 
 /* upsert_stats.c: per-target batch_upsert statistics (own shmem hooks) */
 extern void bk_upsert_stats_install_hooks(void);
+
+/* metrics.c: the flush worker publishes gauges for the /metrics endpoint */
+extern void bk_metrics_publish_gauges(void);
+
+/* metrics_http.c: the launcher's optional /metrics endpoint */
+extern int bk_metrics_port;
+extern char *bk_metrics_listen_address;
+extern void bk_metrics_http_define_gucs(void);
+extern int bk_metrics_http_wait(long timeout_ms);
 
 /* launcher.c */
 extern void bk_register_launcher(void);

@@ -1341,6 +1341,7 @@ batchkit_flush_worker_main(Datum main_arg)
 				wait_ms = w;
 		}
 		pgstat_report_stat(false);
+		bk_metrics_publish_gauges();	/* about once a second, for the launcher's /metrics */
 
 		now = GetCurrentTimestamp();
 		if (!busy && TimestampDifferenceExceeds(last_maintain, now, BK_MAINTAIN_INTERVAL_MS))

@@ -233,8 +233,8 @@ batchkit_launcher_main(Datum main_arg)
 
         bk_slot_set_state(slot, "idle", NULL);
         pgstat_report_activity(STATE_IDLE, NULL);
-        rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-                       bk_naptime_ms, PG_WAIT_EXTENSION);
+        /* WaitLatch, serving the optional /metrics endpoint meanwhile (metrics_http.c) */
+        rc = bk_metrics_http_wait(bk_naptime_ms);
         ResetLatch(MyLatch);
         CHECK_FOR_INTERRUPTS();
 

@@ -72,6 +72,8 @@ _PG_init(void)
                              NULL, &bk_launcher_enabled, true,
                              PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
+    bk_metrics_http_define_gucs();
+
     MarkGUCPrefixReserved("batchkit");
 
     bk_shmem_install_hooks();

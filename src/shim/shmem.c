@@ -18,6 +18,7 @@
 #include "utils/timestamp.h"
 
 #include "batchkit.h"
+#include "sink_stats.h"
 
 BkShared *bk_shared = NULL;
 
@@ -67,6 +68,12 @@ bk_shmem_startup(void)
     /* every process computes the same address (the segment is mapped at the same place) */
     bk_shared->sinks = (BkSinkSlot *) ((char *) bk_shared + bk_workers_size());
     LWLockRelease(AddinShmemInitLock);
+
+    /* statistics survive a clean restart (stats_file.c), as pg_stat_statements' do */
+    if (!IsUnderPostmaster)
+        on_shmem_exit(bk_stats_file_save, (Datum) 0);
+    if (!found)
+        bk_stats_file_load();
 }
 
 void

@@ -23,6 +23,7 @@
 #include "utils/timestamp.h"
 
 #include "batchkit.h"
+#include "sink_stats.h"
 
 static ProcessUtility_hook_type prev_utility_hook = NULL;
 
@@ -69,9 +70,13 @@ batchkit_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 				 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *n = pstmt->utilityStmt;
+	Oid			dropped = InvalidOid;
 
 	if (IsA(n, DropdbStmt))
+	{
 		evict_worker(((DropdbStmt *) n)->dbname);
+		dropped = get_database_oid(((DropdbStmt *) n)->dbname, true);
+	}
 	else if (IsA(n, RenameStmt) && ((RenameStmt *) n)->renameType == OBJECT_DATABASE)
 		evict_worker(((RenameStmt *) n)->subname);
 	else if (IsA(n, AlterDatabaseStmt))
@@ -94,6 +99,9 @@ batchkit_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv,
 								dest, qc);
+	/* the database is gone: free its sinks' shared slots (and saved statistics) */
+	if (OidIsValid(dropped))
+		bk_metrics_forget_database(dropped);
 }
 
 void
