@@ -103,6 +103,31 @@ SELECT id, name, email FROM users ORDER BY id;
 SELECT * FROM batchkit.batch_upsert('users', '[{"id": 50, "name": "1"}, {"id": 50, "name": "2"}, {"id": 50, "name": "3"}]');
 SELECT id, name FROM users WHERE id = 50;
 
+-- a staging table whose key is NOT NULL needs no scan for NULL keys; the
+-- result is the same (a NULL key cannot be there)
+CREATE TABLE staging5 (id bigint NOT NULL, name text);
+INSERT INTO staging5 VALUES (60, 'nn first'), (61, 'nn'), (60, 'nn second');
+SELECT * FROM batchkit.batch_upsert_from('users', 'staging5');
+SELECT id, name FROM users WHERE id IN (60, 61) ORDER BY id;
+
+-- a large never-analyzed temporary staging table is analyzed (so the merge is
+-- planned for its real size); small ones and permanent tables are left alone
+CREATE TEMP TABLE big_stage (id bigint NOT NULL, name text);
+INSERT INTO big_stage SELECT 1000 + i, 'bulk ' || i FROM generate_series(1, 30000) i;
+CREATE TEMP TABLE small_stage (id bigint NOT NULL, name text);
+INSERT INTO small_stage VALUES (70, 'small');
+CREATE TABLE perm_stage (id bigint NOT NULL, name text) WITH (autovacuum_enabled = false);
+INSERT INTO perm_stage SELECT 1000 + i, 'perm ' || i FROM generate_series(1, 30000) i;
+SELECT relname, reltuples FROM pg_class
+ WHERE oid IN ('big_stage'::regclass, 'small_stage'::regclass, 'perm_stage'::regclass) ORDER BY relname;
+SELECT * FROM batchkit.batch_upsert_from('users', 'big_stage');
+SELECT * FROM batchkit.batch_upsert_from('users', 'small_stage');
+SELECT * FROM batchkit.batch_upsert_from('users', 'perm_stage');
+SELECT relname, reltuples FROM pg_class
+ WHERE oid IN ('big_stage'::regclass, 'small_stage'::regclass, 'perm_stage'::regclass) ORDER BY relname;
+SELECT count(*) AS bulk_rows, min(name), max(name) FROM users WHERE id > 1000;
+DELETE FROM users WHERE id > 1000 OR id IN (60, 61, 70);
+
 -- statistics are recorded per target (batchkit is preloaded in the test cluster)
 SELECT target, calls > 0 AS called, rows_in >= inserted + updated AS consistent
   FROM batchkit.upsert_stats WHERE relid = 'users'::regclass;

@@ -46,6 +46,8 @@
 #include "miscadmin.h"
 #include "parser/parse_coerce.h"
 #include "portability/instr_time.h"
+#include "storage/bufmgr.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -701,11 +703,49 @@ batchkit_upsert_array(PG_FUNCTION_ARGS)
 }
 
 /*
+ * A temporary staging table that was never analyzed (autovacuum never visits
+ * temporary tables, and TRUNCATE forgets the statistics) leaves the planner
+ * guessing 200 distinct keys: a million-row batch then gets a nested loop of
+ * index probes instead of one merge join with the target's index. ANALYZE it
+ * first when it is big enough for that to matter. The table is private to
+ * this session, so nothing another session sees changes; sampling costs a few
+ * percent of the merge. Tables of other sessions' roles are left alone (ANALYZE
+ * would only warn), and so are permanent tables: their statistics are the
+ * owner's business (docs/upsert.md says to ANALYZE a freshly loaded one).
+ */
+#define BK_ANALYZE_MIN_PAGES 128	/* 1 MB: about 10k narrow rows */
+
+static void
+analyze_fresh_temp_source(Relation src)
+{
+	StringInfoData q;
+
+	if (src->rd_rel->relkind != RELKIND_RELATION ||
+		src->rd_rel->relpersistence != RELPERSISTENCE_TEMP ||
+		src->rd_rel->reltuples >= 0 ||
+		RelationGetNumberOfBlocks(src) < BK_ANALYZE_MIN_PAGES ||
+		!pg_class_ownercheck(RelationGetRelid(src), GetUserId()))
+		return;
+	initStringInfo(&q);
+	appendStringInfo(&q, "ANALYZE %s.%s",
+					 quote_identifier(get_namespace_name(RelationGetNamespace(src))),
+					 quote_identifier(RelationGetRelationName(src)));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(q.data, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "batchkit: could not analyze the staging table");
+	SPI_finish();
+	pfree(q.data);
+}
+
+/*
  * batch_upsert_from(target, source, conflict_columns, update_columns,
  *                   order_column): one MERGE from the source relation,
  * de-duplicated on the conflict columns (last row in order_column order, or in
  * physical order for tables, wins) and sorted by key — the sort spills to disk,
- * so memory stays bounded whatever the source's size.
+ * so memory stays bounded whatever the source's size. Before it: one scan for
+ * NULL keys unless NOT NULL on the source's key columns already rules them out,
+ * and ANALYZE of a large never-analyzed temporary source (see above).
  */
 Datum
 batchkit_upsert_from(PG_FUNCTION_ARGS)
@@ -728,6 +768,7 @@ batchkit_upsert_from(PG_FUNCTION_ARGS)
 	char	   *fallback_sql;
 	instr_time	elapsed;
 	uint64		rows_in = 0;
+	bool		keys_not_null;
 	MemoryContext callcxt;
 	MemoryContext old;
 
@@ -755,6 +796,7 @@ batchkit_upsert_from(PG_FUNCTION_ARGS)
 				 errmsg("the order of the rows of \"%s\" is not defined",
 						RelationGetRelationName(src)),
 				 errhint("Pass order_column: when keys repeat, the row with its highest value wins.")));
+	analyze_fresh_temp_source(src);
 	schema = get_namespace_name(RelationGetNamespace(src));
 	sdesc = RelationGetDescr(src);
 	cols = palloc(sizeof(int) * Max(sdesc->natts, 1));
@@ -813,11 +855,18 @@ batchkit_upsert_from(PG_FUNCTION_ARGS)
 	}
 	resolve_plan(&call, fcinfo, 2, 3);
 
-	/* keys are compared as the target's types */
+	/*
+	 * Keys are compared as the target's types. NOT NULL on a table's (or
+	 * partitioned table's) key columns is enforced, so it spares the scan for
+	 * NULL keys below; views and foreign tables promise nothing.
+	 */
+	keys_not_null = src->rd_rel->relkind == RELKIND_RELATION ||
+		src->rd_rel->relkind == RELKIND_PARTITIONED_TABLE;
 	casts = palloc0(sizeof(char *) * call.plan.nconflict);
 	for (int k = 0; k < call.plan.nconflict; k++)
 	{
 		int			c = call.plan.conflict[k];
+		bool		not_null = false;
 
 		for (int i = 0; i < ncols; i++)
 			if (cols[i] == c)
@@ -829,10 +878,13 @@ batchkit_upsert_from(PG_FUNCTION_ARGS)
 						att = TupleDescAttr(sdesc, a);
 				if (att && (att->atttypid != call.t.typids[c]))
 					casts[k] = format_type_with_typemod(call.t.typids[c], call.t.typmods[c]);
+				not_null = att && att->attnotnull;
 			}
+		keys_not_null = keys_not_null && not_null;
 	}
 
 	/* NULL keys are an error, not rows silently inserted next to their twins */
+	if (!keys_not_null)
 	{
 		StringInfoData q;
 
