@@ -144,7 +144,8 @@ def proc_cpu_seconds(pid):
 class Services:
     """Throwaway Postgres (+ redis, + Kafka dev broker) under one /tmp directory."""
 
-    def __init__(self, prefix, redis=False, kafka_topics=None, kafka_brokers=3):
+    def __init__(self, prefix, redis=False, kafka_topics=None, kafka_brokers=3, pg_conf=None):
+        self.pg_conf = [c.strip() for c in (pg_conf or "").split(",") if c.strip()]
         self.dir = tempfile.mkdtemp(prefix=f"bk-bench-{prefix}-")
         os.chmod(self.dir, 0o755)
         self.pgdir = os.path.join(self.dir, "pg")
@@ -185,6 +186,9 @@ class Services:
         # the file belongs to the postgres OS user when we are root; append as root
         with open(conf, "a") as f:
             f.write(PG_EXTRA_CONF)
+            for c in self.pg_conf:
+                k, _, v = c.partition("=")
+                f.write(f"{k.strip()} = '{v.strip()}'\n")
         self._pg("start", self.pgdir)
 
     def _start_redis(self):

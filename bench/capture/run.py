@@ -63,6 +63,8 @@ class Bench:
         self.conn = svc.connect()
         self.cur = self.conn.cursor()
         self.sink_no = 0
+        self.cur.execute("SELECT pg_backend_pid()")
+        self.backend = self.cur.fetchone()[0]
 
     def q(self, sql, params=None):
         self.cur.execute(sql, params)
@@ -172,18 +174,21 @@ class Bench:
                 lsn0 = self.q1("SELECT pg_current_wal_insert_lsn()")
                 la0 = benchlib.loadavg()[0]
                 c0 = benchlib.cpu_times()
+                b0 = benchlib.proc_cpu_seconds(self.backend)
                 t0 = time.perf_counter()
                 self.cur.execute(f"INSERT INTO users(id, name, email) SELECT id, name, email "
                                  f"FROM src_{n}")
                 dt = time.perf_counter() - t0
+                b1 = benchlib.proc_cpu_seconds(self.backend)
                 c1 = benchlib.cpu_times()
                 wal = int(self.q1("SELECT pg_current_wal_insert_lsn() - %s::pg_lsn", (lsn0,)))
                 self.check(m, n)
                 self.detach(m)
                 res[m].append({"seconds": dt, "wal_bytes": wal, "loadavg1": la0,
+                               "backend_cpu_s": b1 - b0,
                                "machine_busy": (c1[0] - c0[0]) / max(1, c1[1] - c0[1])})
-                log(f"  bulk {n:>9,} {m:<9} rep {rep}: {dt:7.3f} s  WAL {wal / 1e6:7.1f} MB  "
-                    f"load {la0:.2f}")
+                log(f"  bulk {n:>9,} {m:<9} rep {rep}: {dt:7.3f} s  backend CPU {b1 - b0:7.2f} s  "
+                    f"WAL {wal / 1e6:7.1f} MB  load {la0:.2f}")
         return res
 
     # ---- 2. pgbench single-row inserts --------------------------------------------------
@@ -201,8 +206,12 @@ class Bench:
             for m in order:
                 self.attach(m)
                 la0 = benchlib.loadavg()[0]
+                # the flush worker is woken by every commit that queued rows: count its CPU
+                wpid = self.q1("SELECT max(pid) FROM batchkit.workers WHERE kind = 'flush'")
+                w0 = benchlib.proc_cpu_seconds(wpid) if wpid else None
                 p = subprocess.run([pgbench, "-n", "-f", script, "-t", str(tx), "-c", "1"],
                                    env=self.svc.pg_env(), capture_output=True, text=True)
+                w1 = benchlib.proc_cpu_seconds(wpid) if wpid else None
                 if p.returncode != 0:
                     raise RuntimeError(f"pgbench failed: {p.stderr}")
                 tps = float(re.search(r"tps = ([0-9.]+) \(without initial connection time\)",
@@ -211,10 +220,11 @@ class Bench:
                 rows = self.q1("SELECT count(*) FROM users")
                 self.check(m, rows)
                 self.detach(m)
+                wcpu = (w1 - w0) if w0 is not None and w1 is not None else None
                 res[m].append({"seconds": tx / tps, "tps": tps, "latency_ms": lat,
-                               "rows": rows, "loadavg1": la0})
+                               "rows": rows, "loadavg1": la0, "flush_worker_cpu_s": wcpu})
                 log(f"  pgbench {tx} tx {m:<9} rep {rep}: {tx / tps:7.3f} s  {tps:8.0f} tps  "
-                    f"load {la0:.2f}")
+                    f"flush worker CPU {wcpu or 0:.2f} s  load {la0:.2f}")
         return res
 
     # ---- 3. storage after capture + consumption -------------------------------------------
@@ -287,6 +297,8 @@ def main():
     ap.add_argument("--pgbench-tx", type=int, default=None, help="default 10000")
     ap.add_argument("--storage-rows", type=int, default=None, help="default 2,000,000 (--full: 10M)")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: bulk,oltp,storage")
+    ap.add_argument("--pg-conf", default="",
+                    help="extra postgresql.conf settings, e.g. 'shared_buffers=1GB,work_mem=64MB'")
     args = ap.parse_args()
     if args.quick:
         sizes = [20_000, 100_000]
@@ -303,7 +315,7 @@ def main():
     skip = set(filter(None, args.skip.split(",")))
 
     t_all = time.perf_counter()
-    svc = benchlib.Services("capture", redis=True)
+    svc = benchlib.Services("capture", redis=True, pg_conf=args.pg_conf)
     b = Bench(svc, args)
     info = benchlib.machine_info(b.conn)
     log(f"# {info['postgres'].split(' on ')[0]}; loadavg {info['loadavg_start']}; "
@@ -322,20 +334,25 @@ def main():
             res = b.bulk(n, reps)
             result["bulk"][n] = res
             base = median([x["seconds"] for x in res["none"]])
+            cbase = median([x["backend_cpu_s"] for x in res["none"]])
             for m in METHODS:
                 med = median([x["seconds"] for x in res[m]])
                 wal = median([x["wal_bytes"] for x in res[m]])
+                cpu = median([x["backend_cpu_s"] for x in res[m]])
                 table.add(f"INSERT..SELECT {n:,} rows: {LABEL[m]}", med, "s", base,
                           med / base, targets.get(m) if m != "none" else None,
-                          note=f"WAL {wal / 1e6:.0f} MB")
+                          note=f"backend CPU {cpu:.2f} s = {cpu / cbase:.2f}x; "
+                               f"WAL {wal / 1e6:.0f} MB")
     if "oltp" not in skip:
         res = b.oltp(tx, reps)
         result["oltp"] = res
         base = median([x["seconds"] for x in res["none"]])
         for m in METHODS:
             med = median([x["seconds"] for x in res[m]])
+            wcpu = median([x["flush_worker_cpu_s"] or 0 for x in res[m]])
             table.add(f"pgbench {tx:,} single-row inserts: {LABEL[m]}", med, "s", base,
-                      med / base, "<= 1.1x" if m == "batchkit" else None)
+                      med / base, "<= 1.1x" if m == "batchkit" else None,
+                      note=f"flush worker CPU {wcpu:.2f} s")
     if "storage" not in skip:
         st = b.storage(srows, stmt)
         result["storage"] = st

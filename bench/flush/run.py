@@ -293,8 +293,9 @@ class FlushBench:
             self.q("SELECT pgq.register_consumer('q', %s)", (c,))
         self.q("SELECT pgq.ticker()")
 
-    def kafka(self, topic):
-        self.broker = self.svc.kafka_broker([(topic, self.args.partitions)])
+    def kafka(self, topic, peer=False):
+        parts = self.args.peer_partitions if peer else self.args.partitions
+        self.broker = self.svc.kafka_broker([(topic, parts)])
         return self.broker
 
     def kafka_done(self):
@@ -383,7 +384,7 @@ class FlushBench:
             r["verify"] = self.verify_redis(key, n)
         else:
             topic = f"drain_{source}_{rep}"
-            broker = self.kafka(topic)
+            broker = self.kafka(topic, peer=True)
             r = self.run_relay(source, s, n, broker=broker, topic=topic, consumer=consumer)
             r["verify"] = self.verify_kafka(broker, topic, n)
             self.kafka_done()
@@ -402,7 +403,7 @@ class FlushBench:
                 self.reset_users()
                 self.q("TRUNCATE outbox RESTART IDENTITY")
                 topic = f"e2e_{system}_{rep}"
-                broker = self.kafka(topic) if s == "kafka" else None
+                broker = self.kafka(topic, peer=system != "batchkit") if s == "kafka" else None
                 if system == "batchkit":
                     name = self.bk_sink(s, broker, topic)
                     self.q("CHECKPOINT")
@@ -683,7 +684,8 @@ def reader_main(sink, redis_port, key, bootstrap, topic, expected, conn, ready, 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run (< 60 s)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run (< 60 s): 50k rows, 3 s steady state, 200k backlog")
     ap.add_argument("--rows", type=int, default=None, help="rows for drain and e2e (1,000,000)")
     ap.add_argument("--reps", type=int, default=1, help="repetitions of drain and e2e")
     ap.add_argument("--phases", default="drain,e2e,steady,memory")
@@ -693,21 +695,28 @@ def main():
     ap.add_argument("--seconds", type=float, default=None, help="steady state duration (20)")
     ap.add_argument("--writers", type=int, default=4, help="steady state writer threads")
     ap.add_argument("--backlog", type=int, default=None, help="memory test backlog (5,000,000)")
-    ap.add_argument("--partitions", type=int, default=128, help="partitions of each Kafka topic")
+    ap.add_argument("--partitions", type=int, default=128,
+                    help="partitions of batchkit's Kafka topics (the dev broker keeps 5 MiB "
+                         "per partition: 1M envelopes need > 80)")
+    ap.add_argument("--peer-partitions", type=int, default=64,
+                    help="partitions of the peers' topics (smaller payloads; kafka-python "
+                         "slows down with the number of partitions)")
     ap.add_argument("--verify", action="store_true",
                     help="also read every Redis stream entry back (Kafka is always read back)")
     ap.add_argument("--bk-options", default=None,
                     help="JSON merged into every batchkit sink's options, e.g. '{\"batch_size\": 20000}'")
+    ap.add_argument("--pg-conf", default="",
+                    help="extra postgresql.conf settings, e.g. 'shared_buffers=1GB,work_mem=64MB'")
     args = ap.parse_args()
-    n = args.rows or (100_000 if args.quick else 1_000_000)
-    seconds = args.seconds or (4 if args.quick else 20)
-    backlog = args.backlog or (300_000 if args.quick else 5_000_000)
+    n = args.rows or (50_000 if args.quick else 1_000_000)
+    seconds = args.seconds or (3 if args.quick else 20)
+    backlog = args.backlog or (200_000 if args.quick else 5_000_000)
     phases = args.phases.split(",")
     sinks = args.sinks.split(",")
     systems = args.systems.split(",")
 
     t_all = time.perf_counter()
-    svc = benchlib.Services("flush", redis=True)
+    svc = benchlib.Services("flush", redis=True, pg_conf=args.pg_conf)
     b = FlushBench(svc, args)
     info = benchlib.machine_info(b.conn)
     log(f"# {info['postgres'].split(' on ')[0]}; loadavg {info['loadavg_start']}; rows {n:,}, "
