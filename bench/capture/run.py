@@ -81,6 +81,10 @@ class Bench:
     def setup(self, sizes):
         self.q("CREATE EXTENSION batchkit")
         self.empty_queue_bytes = self.q1("SELECT sum(bytes) FROM batchkit.queue_storage")
+        if self.args.queue_compression:
+            # experiment: compress the queue's chunks instead of storing them plain
+            self.q("ALTER TABLE batchkit.queue ALTER COLUMN payload SET STORAGE EXTENDED, "
+                   "ALTER COLUMN payload SET COMPRESSION %s" % self.args.queue_compression)
         self.q("CREATE EXTENSION pgq")
         self.q("CREATE TABLE users(id bigint PRIMARY KEY, name text, email text,"
                " created_at timestamptz DEFAULT now())")
@@ -297,6 +301,11 @@ def main():
     ap.add_argument("--pgbench-tx", type=int, default=None, help="default 10000")
     ap.add_argument("--storage-rows", type=int, default=None, help="default 2,000,000 (--full: 10M)")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: bulk,oltp,storage")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma list of methods to measure (default: all; 'none' is always kept)")
+    ap.add_argument("--queue-compression", choices=["lz4", "pglz"], default=None,
+                    help="experiment: ALTER the queue's payload column to STORAGE EXTENDED with "
+                         "this compression after CREATE EXTENSION")
     ap.add_argument("--pg-conf", default="",
                     help="extra postgresql.conf settings, e.g. 'shared_buffers=1GB,work_mem=64MB'")
     args = ap.parse_args()
@@ -313,6 +322,7 @@ def main():
     tx = args.pgbench_tx or tx
     srows = args.storage_rows or srows
     skip = set(filter(None, args.skip.split(",")))
+    METHODS[:] = ["none"] + [m for m in args.methods.split(",") if m in METHODS and m != "none"]
 
     t_all = time.perf_counter()
     svc = benchlib.Services("capture", redis=True, pg_conf=args.pg_conf)

@@ -407,12 +407,15 @@ class FlushBench:
                 if system == "batchkit":
                     name = self.bk_sink(s, broker, topic)
                     self.q("CHECKPOINT")
+                    wpid = self.flush_worker_pid()
+                    w0 = benchlib.proc_cpu_seconds(wpid)
                     t0 = time.perf_counter()
                     t_ins = self.load(n)
                     ok = self.q1("SELECT batchkit.flush(%s, '900 s')", (name,))
                     dt = time.perf_counter() - t0
                     assert ok
-                    r = {"insert_s": t_ins, "flush_s": dt - t_ins}
+                    r = {"insert_s": t_ins, "flush_s": dt - t_ins,
+                         "cpu_s": {"worker": benchlib.proc_cpu_seconds(wpid) - w0}}
                     r["verify"] = (self.verify_redis(f"{name}:users", n) if s == "redis"
                                    else self.verify_kafka(broker, topic, n))
                     self.bk_drop(name)
