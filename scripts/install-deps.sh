@@ -15,8 +15,9 @@ PACKAGES=(
     redis-server redis-tools kcat
     python3 python3-pytest python3-psycopg2 python3-redis python3-kafka
     python3-prometheus-client
-    # peers measured by the benchmarks
-    postgresql-15-pgq3
+    # peers measured by the benchmarks (pgq); C speed-ups the peers' Python relays
+    # would use in production (kafka-python's CRC-32C, redis-py's reply parser)
+    postgresql-15-pgq3 python3-crc32c python3-hiredis
     # misc tools the scripts use
     procps util-linux
 )
