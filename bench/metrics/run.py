@@ -3,16 +3,24 @@
 
 Uses the running services (scripts/services.sh; their env file is read from
 .run/current) or starts them and stops them at the end. In a fresh database it
-creates a Redis sink (xadd to s:{table}) and, per drain: a captured table, the
-sink paused, `rows` rows inserted in one statement (1,000,000 by default),
-the sink resumed, and `SELECT batchkit.flush(sink, '300 s')` timed from the
-resume to its return. Each repetition drains once quietly and once while
-another process reads `batchkit.sink_stats` and `batchkit.metrics()` `hz` times
-a second; the order alternates between repetitions (quiet first in odd ones)
-so drift on a shared machine hits both modes alike. Prints every drain, the
-medians of each mode, their ratio, and the median of the per-repetition ratios.
+creates a Redis sink (xadd to s:{table}) and measures three things:
 
-    BK_PGBIN=... /usr/bin/python3 bench/metrics/run.py [--rows 1000000] [--reps 3] [--hz 10]
+1. read cost: with `rows` rows queued, the CPU (server backend + this client)
+   of one read of `batchkit.sink_stats` and `batchkit.metrics()`, from
+   /proc/<pid>/stat — what a reader can take away from the drain at most;
+2. A/B drains, the issue's method: per drain a captured table, the sink paused,
+   `rows` rows (1,000,000 by default) inserted in one statement, the sink
+   resumed and `SELECT batchkit.flush(sink, '300 s')` timed from the resume to
+   its return. Each repetition drains once quietly and once while another
+   process reads both `hz` times a second, alternating which goes first, so
+   drift on the shared machine hits both modes alike; prints every drain, the
+   medians of each mode and their ratio;
+3. an interleaved drain of `interleaved-rows` rows during which the reader is
+   on and off for `slice` seconds in turn, delivery counted from Redis (XLEN)
+   per slice: both modes share the same minutes of machine noise.
+
+    BK_PGBIN=... /usr/bin/python3 bench/metrics/run.py [--rows 1000000] [--reps 5] [--hz 10]
+        [--interleaved-rows 3000000] [--slice 2]
 """
 import argparse
 import json
@@ -128,6 +136,46 @@ def drain(conn, r, sink, rows, dbname, hz, with_readers, what="both"):
     return elapsed, reads
 
 
+def proc_cpu_seconds(pid):
+    """utime + stime of a process on this host (the server runs here)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_cost(conn, r, sink, rows, dbname, what, n=300):
+    """CPU per read (the server backend's and this client's) with `rows` rows queued:
+    what the reader takes away from the drain, measured without timing noise."""
+    cur = conn.cursor()
+    table = f"bench_{uuid.uuid4().hex[:8]}"
+    cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL, at timestamptz NOT NULL)")
+    cur.execute("SELECT batchkit.capture(%s::regclass, %s, ARRAY['insert'])", (table, sink))
+    cur.execute("SELECT batchkit.pause_sink(%s)", (sink,))
+    cur.execute(f"INSERT INTO {table} SELECT g, md5(g::text), now() FROM generate_series(1, %s) g",
+                (rows,))
+    rc = connect(dbname)
+    rcur = rc.cursor()
+    rcur.execute("SELECT pg_backend_pid()")
+    pid = rcur.fetchone()[0]
+    for sql in READS[what]:
+        rcur.execute(sql)
+        rcur.fetchall()
+    b0, c0 = proc_cpu_seconds(pid), time.process_time()
+    for _ in range(n):
+        for sql in READS[what]:
+            rcur.execute(sql)
+            rcur.fetchall()
+    backend = (proc_cpu_seconds(pid) - b0) / n
+    client = (time.process_time() - c0) / n
+    rc.close()
+    cur.execute("SELECT batchkit.resume_sink(%s)", (sink,))
+    cur.execute("SELECT batchkit.flush(%s, '300 s')", (sink,))
+    assert cur.fetchone()[0]
+    cur.execute("SELECT batchkit.uncapture(%s::regclass, %s)", (table, sink))
+    cur.execute(f"DROP TABLE {table}")
+    r.delete(f"s:{table}")
+    return backend, client
+
+
 def interleaved(conn, r, sink, rows, dbname, hz, what, slice_s):
     """One drain; the reader alternates slice_s seconds on and off. Delivery is
     measured from Redis (XLEN), so measuring touches no PostgreSQL process.
@@ -173,11 +221,11 @@ def interleaved(conn, r, sink, rows, dbname, hz, what, slice_s):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--hz", type=float, default=10.0)
-    ap.add_argument("--interleaved-rows", type=int, default=2_000_000,
+    ap.add_argument("--interleaved-rows", type=int, default=3_000_000,
                     help="rows of the interleaved drain (0: skip it)")
-    ap.add_argument("--slice", type=float, default=1.0,
+    ap.add_argument("--slice", type=float, default=2.0,
                     help="seconds per on/off slice of the interleaved drain")
     ap.add_argument("--read", choices=sorted(READS), default="both",
                     help="what the reader runs (diagnostics; the target is about 'both')")
@@ -198,6 +246,12 @@ def main():
         r = redis.Redis(host="127.0.0.1", port=int(os.environ["REDIS_PORT"]))
         # warm-up: the worker, its sink client and the caches
         drain(conn, r, sink, min(args.rows, 50_000), dbname, args.hz, False)
+
+        backend, client = read_cost(conn, r, sink, args.rows, dbname, args.read)
+        print(f"read cost with {args.rows:,} rows queued: {1000 * backend:.2f} ms backend CPU + "
+              f"{1000 * client:.2f} ms client CPU per read of {args.read} = "
+              f"{100 * args.hz * (backend + client):.2f}% of one core at {args.hz:g}/s", flush=True)
+        print()
 
         results = {"quiet": [], "readers": []}
         pairs = []
@@ -248,6 +302,8 @@ def main():
                   f"  ({100 * (statistics.median(on) / statistics.median(off) - 1):+.2f}%)")
             print(f"  median of paired ratios ({len(paired)}):     {statistics.median(paired):.4f}"
                   f"  ({100 * (statistics.median(paired) - 1):+.2f}%)")
+            print("  slices (R = reading): " + " ".join(
+                f"{'R' if reading else 'q'}{rate / 1000:.0f}k" for reading, rate in sl))
         conn.close()
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

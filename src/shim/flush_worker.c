@@ -158,9 +158,13 @@ stats_batch(SinkRuntime *s, uint64 rows, uint64 dead, uint64 bytes, double secon
 			const double *lags, int nlags)
 {
 	BkSinkSlot *slot = stats_slot(s);
+	bk_histogram lag = {{0}};
 
 	if (slot == NULL)
 		return;
+	/* one observation per row: bucket them here, merge under the spinlock below */
+	for (int i = 0; i < nlags; i++)
+		bk_histogram_observe(&lag, BK_HIST_LAG_SECONDS, lags[i]);
 	SpinLockAcquire(&slot->mutex);
 	strlcpy(slot->state, "active", sizeof(slot->state));
 	slot->batches++;
@@ -172,8 +176,10 @@ stats_batch(SinkRuntime *s, uint64 rows, uint64 dead, uint64 bytes, double secon
 	slot->last_flush_seconds = seconds;
 	bk_histogram_observe(&slot->hist[BK_HIST_BATCH_SIZE], BK_HIST_BATCH_SIZE, (double) rows);
 	bk_histogram_observe(&slot->hist[BK_HIST_FLUSH_SECONDS], BK_HIST_FLUSH_SECONDS, seconds);
-	for (int i = 0; i < nlags; i++)
-		bk_histogram_observe(&slot->hist[BK_HIST_LAG_SECONDS], BK_HIST_LAG_SECONDS, lags[i]);
+	for (int i = 0; i <= BK_HISTOGRAM_MAX_BOUNDS; i++)
+		slot->hist[BK_HIST_LAG_SECONDS].counts[i] += lag.counts[i];
+	slot->hist[BK_HIST_LAG_SECONDS].count += lag.count;
+	slot->hist[BK_HIST_LAG_SECONDS].sum += lag.sum;
 	SpinLockRelease(&slot->mutex);
 }
 
