@@ -193,8 +193,11 @@ class Writer(threading.Thread):
             # The server went away (crash restart, immediate shutdown). If COMMIT
             # was under way the outcome is unknown: the marker row says. (psycopg2
             # reports a connection lost during COMMIT as a bare DatabaseError.)
-            if not (self.conn.closed or isinstance(e, (psycopg2.OperationalError,
-                                                       psycopg2.InterfaceError))):
+            lost = (self.conn.closed or
+                    isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError)) or
+                    "server closed the connection" in str(e) or
+                    "terminating connection" in str(e))
+            if not lost:
                 raise
             self._drop_conn()
             self.reconnects += 1
