@@ -294,7 +294,7 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run (< 60 s): 20k/100k rows, 1 rep, 1000 pgbench tx, 200k storage rows")
+                    help="smoke run (< 60 s): 20k/100k rows, 1 rep, 1000 pgbench tx, 100k storage rows")
     ap.add_argument("--full", action="store_true", help="storage test on 10,000,000 rows")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 3)")
     ap.add_argument("--sizes", default=None, help="comma-separated bulk sizes (default 100000,1000000)")
@@ -311,7 +311,7 @@ def main():
     args = ap.parse_args()
     if args.quick:
         sizes = [20_000, 100_000]
-        reps, tx, srows, stmt = 1, 1000, 200_000, 100_000
+        reps, tx, srows, stmt = 1, 1000, 100_000, 50_000
     else:
         sizes = [100_000, 1_000_000]
         reps, tx, srows, stmt = 3, 10_000, 2_000_000, 1_000_000

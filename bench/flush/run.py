@@ -692,7 +692,7 @@ def reader_main(sink, redis_port, key, bootstrap, topic, expected, conn, ready, 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run (< 60 s): 50k rows, 3 s steady state, 200k backlog")
+                    help="smoke run (< 60 s): 20k rows, 2 s steady state, 50k backlog")
     ap.add_argument("--rows", type=int, default=None, help="rows for drain and e2e (1,000,000)")
     ap.add_argument("--reps", type=int, default=1, help="repetitions of drain and e2e")
     ap.add_argument("--phases", default="drain,e2e,steady,memory")
@@ -718,9 +718,9 @@ def main():
     ap.add_argument("--pg-conf", default="",
                     help="extra postgresql.conf settings, e.g. 'shared_buffers=1GB,work_mem=64MB'")
     args = ap.parse_args()
-    n = args.rows or (50_000 if args.quick else 1_000_000)
-    seconds = args.seconds or (3 if args.quick else 20)
-    backlog = args.backlog or (200_000 if args.quick else 5_000_000)
+    n = args.rows or (20_000 if args.quick else 1_000_000)
+    seconds = args.seconds or (2 if args.quick else 20)
+    backlog = args.backlog or (50_000 if args.quick else 5_000_000)
     phases = args.phases.split(",")
     sinks = args.sinks.split(",")
     systems = args.systems.split(",")
