@@ -119,6 +119,9 @@ extern void bk_sink_slot_forget(Oid dboid, int32 sink_id);
 extern void bk_wake_database(Oid dboid);
 
 /* queue.c */
+struct _SPI_plan;
+extern struct _SPI_plan *bk_keep_plan(struct _SPI_plan **slot, const char *sql, int nargs,
+                                      Oid *argtypes);
 extern void bk_queue_init_backend(void);
 extern uint64 bk_sink_depth(int32 sink_id, bool *known);
 extern void bk_queue_note_enqueued(int32 sink_id, uint64 nrecords);

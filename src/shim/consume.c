@@ -34,21 +34,7 @@ static SPIPlanPtr plan_seq = NULL;
 static SPIPlanPtr plan_record = NULL;
 static SPIPlanPtr plan_payloads = NULL;
 
-static SPIPlanPtr
-keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*slot == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "batchkit: SPI_prepare failed for \"%s\": %s", sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*slot = p;
-	}
-	return *slot;
-}
+static SPIPlanPtr plan_ack = NULL;
 
 static int64 *
 int8_array(Datum d, int *n)
@@ -102,7 +88,7 @@ bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
 	arg[0] = Int32GetDatum(sink_id);
 
 	/* 1. an unacknowledged batch is replayed first, unchanged */
-	rc = SPI_execute_plan(keep_plan(&plan_inflight,
+	rc = SPI_execute_plan(bk_keep_plan(&plan_inflight,
 									"SELECT batch_seq, chunk_ids, chunk_starts, last_end, nrecords "
 									"FROM batchkit.inflight WHERE sink_id = $1 "
 									"ORDER BY batch_seq LIMIT 1", 1, int4arg),
@@ -131,7 +117,7 @@ bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
 	/* 2. take the oldest chunks, in chunk_id order, up to the limits */
 	batch->chunk_ids = palloc(sizeof(int64) * cap);
 	batch->chunk_starts = palloc(sizeof(int32) * cap);
-	portal = SPI_cursor_open(NULL, keep_plan(&plan_chunks,
+	portal = SPI_cursor_open(NULL, bk_keep_plan(&plan_chunks,
 											 "SELECT chunk_id, nrecords, done_records, nbytes "
 											 "FROM batchkit.queue WHERE sink_id = $1 "
 											 "ORDER BY chunk_id", 1, int4arg),
@@ -185,7 +171,7 @@ bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
 		return false;
 
 	/* 3. number it and record it, so it is replayed unchanged after a crash */
-	rc = SPI_execute_plan(keep_plan(&plan_seq,
+	rc = SPI_execute_plan(bk_keep_plan(&plan_seq,
 									"INSERT INTO batchkit.sink_progress AS p (sink_id, last_batch_seq) "
 									"VALUES ($1, 1) ON CONFLICT (sink_id) DO UPDATE "
 									"SET last_batch_seq = p.last_batch_seq + 1 "
@@ -217,7 +203,7 @@ bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
 		if (batch->last_end < 0)
 			nulls[4] = 'n';
 		v[5] = Int32GetDatum((int32) batch->nrecords);
-		rc = SPI_execute_plan(keep_plan(&plan_record,
+		rc = SPI_execute_plan(bk_keep_plan(&plan_record,
 										"INSERT INTO batchkit.inflight (sink_id, batch_seq, chunk_ids, "
 										"chunk_starts, last_end, nrecords) VALUES ($1, $2, $3, $4, $5, $6)",
 										6, types),
@@ -312,7 +298,7 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 	v[0] = Int32GetDatum(batch->sink_id);
 	v[1] = PointerGetDatum(construct_array(ids, batch->nchunks, INT8OID, 8, FLOAT8PASSBYVAL,
 										   TYPALIGN_DOUBLE));
-	portal = SPI_cursor_open(NULL, keep_plan(&plan_payloads,
+	portal = SPI_cursor_open(NULL, bk_keep_plan(&plan_payloads,
 											 "SELECT chunk_id, payload, txid::text, captured_at "
 											 "FROM batchkit.queue WHERE sink_id = $1 "
 											 "AND chunk_id = ANY ($2) ORDER BY chunk_id", 2, types),
@@ -432,7 +418,7 @@ bk_ack_batch(int32 sink_id, int64 batch_seq)
 	 * consumed to its end, advance done_records of a partly consumed last
 	 * chunk, and count the acknowledgement.
 	 */
-	rc = SPI_execute_with_args(
+	rc = SPI_execute_plan(bk_keep_plan(&plan_ack,
 							   "WITH b AS (DELETE FROM batchkit.inflight WHERE sink_id = $1 AND batch_seq = $2 "
 							   "  RETURNING chunk_ids, last_end, nrecords), "
 							   "last AS (SELECT b.chunk_ids[cardinality(b.chunk_ids)] AS id, b.last_end FROM b), "
@@ -446,7 +432,8 @@ bk_ack_batch(int32 sink_id, int64 batch_seq)
 							   "  acked_at = pg_catalog.now() FROM b WHERE p.sink_id = $1 RETURNING 1) "
 							   "SELECT b.nrecords, (SELECT count(*) FROM del), (SELECT count(*) FROM upd), "
 							   "(SELECT count(*) FROM prog) FROM b",
-							   2, types, v, NULL, false, 1);
+										2, types),
+						  v, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "batchkit: acknowledging batch " INT64_FORMAT " failed", batch_seq);
 	if (SPI_processed != 1)

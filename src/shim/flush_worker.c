@@ -744,6 +744,8 @@ collect_message(BkMessage *m, void *arg)
 /* ---- one delivery round for one sink ---------------------------------------------- */
 
 static bool force_reload = false;
+static SPIPlanPtr plan_current = NULL;
+static SPIPlanPtr plan_oldest = NULL;
 
 /*
  * Inside the claim transaction: is the sink still unpaused, with the options the
@@ -760,9 +762,11 @@ sink_still_current(SinkRuntime *s)
 	bool		ok = false;
 
 	arg[0] = Int32GetDatum(s->sink_id);
-	rc = SPI_execute_with_args("SELECT s.paused, (s.options || COALESCE(x.options, '{}'))::text "
-							   "FROM batchkit.sink s LEFT JOIN batchkit.sink_secret x USING (sink_id) "
-							   "WHERE s.sink_id = $1", 1, types, arg, NULL, true, 1);
+	rc = SPI_execute_plan(bk_keep_plan(&plan_current,
+									   "SELECT s.paused, (s.options || COALESCE(x.options, '{}'))::text "
+									   "FROM batchkit.sink s LEFT JOIN batchkit.sink_secret x USING (sink_id) "
+									   "WHERE s.sink_id = $1", 1, types),
+						  arg, NULL, true, 1);
 	if (rc == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		bool		paused = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
@@ -965,9 +969,11 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		r = SPI_execute_with_args("SELECT (extract(epoch FROM clock_timestamp() - captured_at) * 1000)::bigint "
-								  "FROM batchkit.queue WHERE sink_id = $1 ORDER BY chunk_id LIMIT 1",
-								  1, types, arg, NULL, true, 1);
+		r = SPI_execute_plan(bk_keep_plan(&plan_oldest,
+										  "SELECT (extract(epoch FROM clock_timestamp() - captured_at) * 1000)::bigint "
+										  "FROM batchkit.queue WHERE sink_id = $1 ORDER BY chunk_id LIMIT 1",
+										  1, types),
+							 arg, NULL, true, 1);
 		if (r == SPI_OK_SELECT && SPI_processed == 1)
 		{
 			int64		age = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],

@@ -69,6 +69,29 @@ static HTAB *sink_cache = NULL;
 static Oid	sink_relid_cached = InvalidOid;
 
 static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr lookup_plan = NULL;
+
+/*
+ * Prepare a statement once per backend and keep it (the plan cache re-plans it
+ * when what it references changes). Every statement batchkit runs on a hot
+ * path goes through here, so none is parsed and planned per row or per batch.
+ */
+SPIPlanPtr
+bk_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*slot == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "batchkit: SPI_prepare failed for \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*slot = p;
+	}
+	return *slot;
+}
+static Oid	int4type[1] = {INT4OID};
 static SPIPlanPtr sink_plan = NULL;
 static SPIPlanPtr depth_plan = NULL;
 
@@ -203,22 +226,13 @@ sink_entry(int32 sink_id)
 	if (found && e->valid)
 		return e;
 
-	if (sink_plan == NULL)
-	{
-		Oid			argtypes[1] = {INT4OID};
-		SPIPlanPtr	p = SPI_prepare("SELECT name, "
+	arg[0] = Int32GetDatum(sink_id);
+	rc = SPI_execute_plan(bk_keep_plan(&sink_plan, "SELECT name, "
 									"COALESCE((options->>'max_queue')::bigint, 0), "
 									"COALESCE(options->>'on_full', 'error') = 'wait', "
 									"COALESCE((options->>'on_full_timeout_ms')::integer, 10000) "
-									"FROM batchkit.sink WHERE sink_id = $1", 1, argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "batchkit: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		sink_plan = p;
-	}
-	arg[0] = Int32GetDatum(sink_id);
-	rc = SPI_execute_plan(sink_plan, arg, NULL, true, 1);
+									"FROM batchkit.sink WHERE sink_id = $1", 1, int4type),
+						  arg, NULL, true, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 	{
 		hash_search(sink_cache, &sink_id, HASH_REMOVE, NULL);
@@ -251,8 +265,8 @@ bk_lookup_sink_id(const char *name, bool missing_ok)
 	bool		isnull;
 
 	arg[0] = CStringGetTextDatum(name);
-	rc = SPI_execute_with_args("SELECT sink_id FROM batchkit.sink WHERE name = $1",
-							   1, argtypes, arg, NULL, true, 1);
+	rc = SPI_execute_plan(bk_keep_plan(&lookup_plan, "SELECT sink_id FROM batchkit.sink WHERE name = $1",
+									   1, argtypes), arg, NULL, true, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 	{
 		if (missing_ok)
@@ -288,19 +302,10 @@ depth_from_slot(BkSinkSlot *slot, int32 sink_id)
 		bool		isnull;
 		int			rc;
 
-		if (depth_plan == NULL)
-		{
-			Oid			argtypes[1] = {INT4OID};
-			SPIPlanPtr	p = SPI_prepare("SELECT COALESCE(sum(nrecords - done_records), 0)::bigint "
-										"FROM batchkit.queue WHERE sink_id = $1", 1, argtypes);
-
-			if (p == NULL)
-				elog(ERROR, "batchkit: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-			SPI_keepplan(p);
-			depth_plan = p;
-		}
 		arg[0] = Int32GetDatum(sink_id);
-		rc = SPI_execute_plan(depth_plan, arg, NULL, true, 1);
+		rc = SPI_execute_plan(bk_keep_plan(&depth_plan, "SELECT COALESCE(sum(nrecords - done_records), 0)::bigint "
+										"FROM batchkit.queue WHERE sink_id = $1", 1, int4type),
+							  arg, NULL, true, 1);
 		if (rc == SPI_OK_SELECT && SPI_processed == 1)
 		{
 			int64		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -380,22 +385,13 @@ bk_queue_insert_chunk(int32 sink_id, Oid source, const char *data, int len, uint
 	bytea	   *payload;
 	int			rc;
 
-	if (insert_plan == NULL)
-	{
-		Oid			argtypes[5] = {INT4OID, OIDOID, INT4OID, INT4OID, BYTEAOID};
-		SPIPlanPtr	p = SPI_prepare(
-									"INSERT INTO batchkit.queue (segment, chunk_id, sink_id, source, "
+	static const char *insert_sql = "INSERT INTO batchkit.queue (segment, chunk_id, sink_id, source, "
 									"nrecords, nbytes, txid, captured_at, payload) VALUES ("
 									"(SELECT current_segment FROM batchkit.queue_state), "
 									"pg_catalog.nextval('batchkit.chunk_id_seq'), $1, $2, $3, $4, "
-									"pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp(), $5)",
-									5, argtypes);
+									"pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp(), $5)";
+	Oid			argtypes[5] = {INT4OID, OIDOID, INT4OID, INT4OID, BYTEAOID};
 
-		if (p == NULL)
-			elog(ERROR, "batchkit: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		insert_plan = p;
-	}
 	payload = (bytea *) palloc(VARHDRSZ + len);
 	SET_VARSIZE(payload, VARHDRSZ + len);
 	memcpy(VARDATA(payload), data, len);
@@ -407,7 +403,7 @@ bk_queue_insert_chunk(int32 sink_id, Oid source, const char *data, int len, uint
 	args[2] = Int32GetDatum((int32) nrecords);
 	args[3] = Int32GetDatum(len);
 	args[4] = PointerGetDatum(payload);
-	rc = SPI_execute_plan(insert_plan, args, nulls, false, 0);
+	rc = SPI_execute_plan(bk_keep_plan(&insert_plan, insert_sql, 5, argtypes), args, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "batchkit: queue insert failed: %s", SPI_result_code_string(rc));
 	pfree(payload);
