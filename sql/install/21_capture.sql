@@ -308,6 +308,8 @@ BEGIN
         IF v_empty OR now() - v_at >= rotate_after
            OR pg_total_relation_size(format('batchkit.queue_%s', v_cur)::regclass) >= rotate_bytes THEN
             UPDATE batchkit.queue_state SET current_segment = v_next, rotated_at = now();
+            -- writers cache the current segment: make them read it again
+            PERFORM batchkit._catalog_changed();
             v_cur := v_next;
             rotated := true;
         END IF;

@@ -117,6 +117,7 @@ extern void bk_slot_set_state(BkWorkerSlot *slot, const char *state, const char 
 extern BkSinkSlot *bk_sink_slot(Oid dboid, int32 sink_id, bool create);
 extern void bk_sink_slot_forget(Oid dboid, int32 sink_id);
 extern void bk_wake_database(Oid dboid);
+extern void bk_wake_worker_at_commit(void);
 
 /* queue.c */
 struct _SPI_plan;

@@ -22,10 +22,16 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type_d.h"
+#include "commands/sequence.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -39,6 +45,7 @@
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "utils/xid8.h"
 
 #include "batchkit.h"
 
@@ -50,6 +57,7 @@ typedef struct PendingCount
 } PendingCount;
 
 static bool wake_launcher_at_commit = false;
+static bool wake_worker_at_commit = false;
 static PendingCount *pending = NULL;
 static int	npending = 0;
 static int	maxpending = 0;
@@ -68,7 +76,6 @@ typedef struct SinkCacheEntry
 static HTAB *sink_cache = NULL;
 static Oid	sink_relid_cached = InvalidOid;
 
-static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr lookup_plan = NULL;
 
 /*
@@ -111,6 +118,8 @@ batchkit_relid(const char *relname)
 	return relid;
 }
 
+static void forget_queue_relations(void);
+
 static void
 catalog_relcache_callback(Datum arg, Oid relid)
 {
@@ -124,7 +133,10 @@ catalog_relcache_callback(Datum arg, Oid relid)
 			e->valid = false;
 	}
 	if (relid == InvalidOid || relid == sink_relid_cached)
+	{
 		sink_relid_cached = InvalidOid;
+		forget_queue_relations();
+	}
 }
 
 void
@@ -377,36 +389,151 @@ bk_queue_check_backpressure(int32 sink_id, uint64 adding)
 
 /* ---- writing a chunk --------------------------------------------------------- */
 
+/*
+ * The writer's path inserts the chunk straight into the current segment's
+ * partition (heap insert + its one index), not through SPI: planning-free, no
+ * partition routing, no permission checks (the queue is batchkit's own table,
+ * and the caller already runs as its owner). Per single-row statement this was
+ * most of the capture trigger's CPU. The current segment, the partitions' and
+ * the sequence's OIDs are cached per backend and dropped by the same relcache
+ * invalidation as the sink cache, which maintain_queue() sends when it rotates.
+ * A stale segment is harmless: maintain_queue() truncates a segment only under
+ * an ACCESS EXCLUSIVE lock after finding it empty, so a writer that still
+ * inserts into an older segment merely keeps that segment from being truncated
+ * until its chunks are consumed.
+ */
+#define BK_QUEUE_SEGMENTS 3
+#define BK_QUEUE_NATTS 10
+static int	cached_segment = -1;
+static Oid	segment_relid[BK_QUEUE_SEGMENTS];
+static Oid	chunk_seq_relid = InvalidOid;
+static AttrNumber queue_attnum[BK_QUEUE_NATTS];	/* by column, see queue_columns */
+static const char *const queue_columns[BK_QUEUE_NATTS] = {
+	"segment", "chunk_id", "sink_id", "source", "nrecords", "nbytes", "txid",
+	"captured_at", "done_records", "payload"
+};
+
+static void
+forget_queue_relations(void)
+{
+	cached_segment = -1;
+	for (int i = 0; i < BK_QUEUE_SEGMENTS; i++)
+		segment_relid[i] = InvalidOid;
+	chunk_seq_relid = InvalidOid;
+}
+
+static int
+current_segment(void)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		isnull = true;
+	Datum		d = (Datum) 0;
+
+	if (cached_segment >= 0)
+		return cached_segment;
+	/* the invalidation that drops the cache is keyed on batchkit.sink's OID */
+	if (!OidIsValid(sink_relid_cached))
+		sink_relid_cached = batchkit_relid("sink");
+	rel = table_open(batchkit_relid("queue_state"), AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		d = heap_getattr(tup, 2, RelationGetDescr(rel), &isnull);
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (isnull || DatumGetInt16(d) < 0 || DatumGetInt16(d) >= BK_QUEUE_SEGMENTS)
+		elog(ERROR, "batchkit.queue_state has no valid current_segment");
+	cached_segment = DatumGetInt16(d);
+	return cached_segment;
+}
+
+static Relation
+open_segment(int seg)
+{
+	char		name[NAMEDATALEN];
+	Relation	rel;
+
+	snprintf(name, sizeof(name), "queue_%d", seg);
+	if (OidIsValid(segment_relid[seg]))
+	{
+		rel = try_table_open(segment_relid[seg], RowExclusiveLock);
+		if (rel != NULL && strcmp(RelationGetRelationName(rel), name) == 0 &&
+			RelationGetDescr(rel)->natts >= BK_QUEUE_NATTS)
+			return rel;
+		if (rel != NULL)
+			table_close(rel, RowExclusiveLock);
+	}
+	segment_relid[seg] = batchkit_relid(name);
+	rel = table_open(segment_relid[seg], RowExclusiveLock);
+	for (int i = 0; i < BK_QUEUE_NATTS; i++)
+	{
+		AttrNumber	a = get_attnum(segment_relid[seg], queue_columns[i]);
+
+		if (a == InvalidAttrNumber)
+			elog(ERROR, "batchkit.%s has no column \"%s\"", name, queue_columns[i]);
+		queue_attnum[i] = a;
+	}
+	return rel;
+}
+
 void
 bk_queue_insert_chunk(int32 sink_id, Oid source, const char *data, int len, uint32 nrecords)
 {
-	Datum		args[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int			seg = current_segment();
+	Relation	rel = open_segment(seg);
+	TupleDesc	desc = RelationGetDescr(rel);
+	Datum	   *values = palloc0(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
 	bytea	   *payload;
-	int			rc;
+	HeapTuple	tup;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+	List	   *recheck;
 
-	static const char *insert_sql = "INSERT INTO batchkit.queue (segment, chunk_id, sink_id, source, "
-									"nrecords, nbytes, txid, captured_at, payload) VALUES ("
-									"(SELECT current_segment FROM batchkit.queue_state), "
-									"pg_catalog.nextval('batchkit.chunk_id_seq'), $1, $2, $3, $4, "
-									"pg_catalog.pg_current_xact_id(), pg_catalog.clock_timestamp(), $5)";
-	Oid			argtypes[5] = {INT4OID, OIDOID, INT4OID, INT4OID, BYTEAOID};
-
+	if (!OidIsValid(chunk_seq_relid))
+		chunk_seq_relid = batchkit_relid("chunk_id_seq");
 	payload = (bytea *) palloc(VARHDRSZ + len);
 	SET_VARSIZE(payload, VARHDRSZ + len);
 	memcpy(VARDATA(payload), data, len);
 
-	args[0] = Int32GetDatum(sink_id);
-	args[1] = ObjectIdGetDatum(source);
-	if (!OidIsValid(source))
-		nulls[1] = 'n';
-	args[2] = Int32GetDatum((int32) nrecords);
-	args[3] = Int32GetDatum(len);
-	args[4] = PointerGetDatum(payload);
-	rc = SPI_execute_plan(bk_keep_plan(&insert_plan, insert_sql, 5, argtypes), args, nulls, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "batchkit: queue insert failed: %s", SPI_result_code_string(rc));
+	for (int i = 0; i < desc->natts; i++)
+		nulls[i] = true;
+#define SETCOL(i, v) (values[queue_attnum[i] - 1] = (v), nulls[queue_attnum[i] - 1] = false)
+	SETCOL(0, Int16GetDatum((int16) seg));
+	SETCOL(1, Int64GetDatum(nextval_internal(chunk_seq_relid, false)));
+	SETCOL(2, Int32GetDatum(sink_id));
+	if (OidIsValid(source))
+		SETCOL(3, ObjectIdGetDatum(source));
+	SETCOL(4, Int32GetDatum((int32) nrecords));
+	SETCOL(5, Int32GetDatum(len));
+	SETCOL(6, FullTransactionIdGetDatum(GetTopFullTransactionId()));
+	SETCOL(7, TimestampTzGetDatum(GetCurrentTimestamp()));
+	SETCOL(8, Int32GetDatum(0));
+	SETCOL(9, PointerGetDatum(payload));
+#undef SETCOL
+	tup = heap_form_tuple(desc, values, nulls);
+
+	/* heap insert (TOAST and the column's lz4 compression included) + the index */
+	estate = CreateExecutorState();
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsHeapTuple);
+	ExecStoreHeapTuple(tup, slot, false);
+	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
+	recheck = ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+	list_free(recheck);
+	ExecDropSingleTupleTableSlot(slot);
+	ExecCloseIndices(rri);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);	/* the lock is kept until the transaction ends */
+	heap_freetuple(tup);
 	pfree(payload);
+	pfree(values);
+	pfree(nulls);
 }
 
 /* ---- transaction bookkeeping ----------------------------------------------------- */
@@ -473,6 +600,20 @@ apply_delta(BkSinkSlot *slot, int64 delta)
 	}
 }
 
+/* The sink's worker last published it as paused (a stale answer only delays a wake-up to the naptime). */
+static bool
+sink_slot_paused(BkSinkSlot *slot)
+{
+	bool		paused;
+
+	if (slot == NULL)
+		return false;
+	SpinLockAcquire(&slot->mutex);
+	paused = strcmp(slot->state, "paused") == 0;
+	SpinLockRelease(&slot->mutex);
+	return paused;
+}
+
 static void
 xact_callback(XactEvent event, void *arg)
 {
@@ -491,6 +632,8 @@ xact_callback(XactEvent event, void *arg)
 			wake_launcher_at_commit = false;
 			if (npending > 0 && bk_shared != NULL)
 			{
+				bool		wake = false;
+
 				/* post-commit: nothing here may fail */
 				for (int i = 0; i < npending; i++)
 				{
@@ -498,16 +641,28 @@ xact_callback(XactEvent event, void *arg)
 
 					if (slot && slot->depth_known)
 						apply_delta(slot, pending[i].delta);
+					/*
+					 * A paused sink's worker has nothing to do with new rows:
+					 * not waking it spares each writer a signal (kill()) and the
+					 * worker a loop per commit. resume_sink() wakes it itself.
+					 */
+					if (pending[i].delta > 0 && !sink_slot_paused(slot))
+						wake = true;
 				}
-				bk_wake_database(MyDatabaseId);
+				if (wake)
+					wake_worker_at_commit = true;
 			}
 			npending = 0;
+			if (wake_worker_at_commit && bk_shared != NULL)
+				bk_wake_database(MyDatabaseId);
+			wake_worker_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			owner_depth = 0;	/* the abort unwound the GUC nest levels */
 			npending = 0;
 			wake_launcher_at_commit = false;
+			wake_worker_at_commit = false;
 			break;
 		default:
 			break;
@@ -540,4 +695,12 @@ bk_wake_launcher_at_commit(void)
 {
 	bk_queue_init_backend();
 	wake_launcher_at_commit = true;
+}
+
+/* A catalog change (resume, alter, ...) wakes this database's flush worker at commit. */
+void
+bk_wake_worker_at_commit(void)
+{
+	bk_queue_init_backend();
+	wake_worker_at_commit = true;
 }

@@ -253,6 +253,8 @@ bk_notify_workers(const char *name)
 	Async_Notify(BK_SINKS_CHANNEL, name);
 	/* every backend drops its cached sink settings (max_queue, on_full) at commit */
 	bk_invalidate_catalog_cache();
+	/* and the worker reloads at once (writers do not wake it for a paused sink) */
+	bk_wake_worker_at_commit();
 }
 
 /* A sink whose server cannot be reached is kept: it may simply be down. */
