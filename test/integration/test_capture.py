@@ -425,6 +425,31 @@ def test_storage_returns_to_empty_after_drain(db):
     assert after <= 2 * empty, (empty, after)
 
 
+def test_writers_follow_segment_rotation(db, services):
+    """A writer caches the current segment; a rotation must move its next chunk."""
+    make_sink(db, "rot", paused=True)
+    new_table(db, "t_rot")
+    q(db, "SELECT batchkit.capture('t_rot', 'rot')")
+    w = connect(services, db.info.dbname)
+    try:
+        q(w, "INSERT INTO t_rot (id) VALUES (1)")
+        first = q(db, "SELECT segment FROM batchkit.queue WHERE sink_id = "
+                      "(SELECT sink_id FROM batchkit.sink WHERE name = 'rot')")
+        assert first == [(q(db, "SELECT current_segment FROM batchkit.queue_state")[0][0],)]
+        assert len(drain(db, "rot")) == 1
+        rotated = False
+        for _ in range(3):
+            rotated |= q(db, "SELECT rotated FROM batchkit.maintain_queue()")[0][0]
+        cur = q(db, "SELECT current_segment FROM batchkit.queue_state")[0][0]
+        assert rotated and cur != first[0][0]
+        q(w, "INSERT INTO t_rot (id) VALUES (2)")
+        assert q(db, "SELECT segment FROM batchkit.queue WHERE sink_id = "
+                     "(SELECT sink_id FROM batchkit.sink WHERE name = 'rot')") == [(cur,)]
+        assert [m["key"]["id"] for m in messages(drain(db, "rot"))] == [2]
+    finally:
+        w.close()
+
+
 class PeakRss:
     """Samples a process's anonymous resident memory (not shared buffers) every 50 ms."""
 
