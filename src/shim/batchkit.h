@@ -127,6 +127,7 @@ extern void bk_queue_init_backend(void);
 extern uint64 bk_sink_depth(int32 sink_id, bool *known);
 extern void bk_queue_note_enqueued(int32 sink_id, uint64 nrecords);
 extern void bk_queue_note_acked(int32 sink_id, uint64 nrecords);
+extern bool bk_queue_needs_spi(int32 sink_id);
 extern void bk_queue_check_backpressure(int32 sink_id, uint64 adding);
 extern void bk_queue_insert_chunk(int32 sink_id, Oid source, const char *data, int len,
                                   uint32 nrecords);

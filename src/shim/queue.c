@@ -268,6 +268,29 @@ sink_entry(int32 sink_id)
 	return e;
 }
 
+/*
+ * Would bk_queue_check_backpressure() need SPI (and so the owner's rights) for
+ * this sink? Not once its settings are cached and, with a max_queue, its depth
+ * is known: then the capture trigger skips the user switch altogether.
+ */
+bool
+bk_queue_needs_spi(int32 sink_id)
+{
+	SinkCacheEntry *e;
+	BkSinkSlot *slot;
+
+	bk_queue_init_backend();
+	if (!OidIsValid(sink_relid_cached))
+		return true;
+	e = hash_search(sink_cache, &sink_id, HASH_FIND, NULL);
+	if (e == NULL || !e->valid)
+		return true;
+	if (e->max_queue <= 0)
+		return false;
+	slot = bk_sink_slot(MyDatabaseId, sink_id, false);
+	return slot == NULL || !slot->depth_known;
+}
+
 int32
 bk_lookup_sink_id(const char *name, bool missing_ok)
 {
