@@ -315,8 +315,10 @@ def run(d, args):
     report(chosen, samples, m)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"rows": n, "row_by_row": m, "reps": args.reps, "samples": samples}, f,
-                      indent=1)
+            json.dump({"rows": n, "row_by_row": m, "reps": args.reps, "samples": samples,
+                       "methods": [{"key": k, "label": label, "side": side}
+                                   for k, label, side, _ in chosen],
+                       "postgres": conn.server_version, "argv": sys.argv[1:]}, f, indent=1)
     conn.close()
 
 
