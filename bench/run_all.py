@@ -123,6 +123,13 @@ def machine():
     return info
 
 
+def write_run(data_dir, run, sampler):
+    run["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run["loadavg_samples"] = list(sampler.samples)
+    with open(os.path.join(data_dir, "run.json"), "w") as f:
+        json.dump(run, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="~5 min smoke run into bench/out/quick")
@@ -214,12 +221,11 @@ def main():
                                    "json": os.path.basename(json_path) if ok else None, "log": f"{name}.log"}
         print(f"## {name}: {'done' if ok else 'FAILED (exit %d)' % rc} in {dt / 60:.1f} min",
               flush=True)
+        # after every benchmark, so that an interrupted run still describes what it did
+        write_run(data_dir, run, sampler)
     sampler.current = None
     sampler.stop()
-    run["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    run["loadavg_samples"] = sampler.samples
-    with open(os.path.join(data_dir, "run.json"), "w") as f:
-        json.dump(run, f, indent=1)
+    write_run(data_dir, run, sampler)
     rc = 1 if failed else 0
     if not args.no_report:
         r = subprocess.run([PY, os.path.join(HERE, "report.py"), "--dir", out_dir])
