@@ -11,8 +11,9 @@ its own throwaway services:
   metrics  bench/metrics/run.py   drain with and without a 10 Hz metrics reader
 
 Profiles (the parameters of every command are printed and recorded):
-  report   (default) the issues' sizes, fewer repetitions: ~25-30 min on a quiet
-           2-core machine; writes bench/report-data/ (the JSON inputs and each
+  report   (default) the issues' sizes (1M rows), one repetition (two A/B pairs for
+           metrics): ~18 min on a quiet 2-core machine, about three times that when
+           other work loads it; writes bench/report-data/ (the JSON inputs and each
            benchmark's log), bench/REPORT.md and bench/plots/*.png
   --quick  smoke run, ~5 min: small sizes, one repetition; writes everything under
            bench/out/quick/ so the committed report is left alone
@@ -44,21 +45,21 @@ PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executabl
 # "out" benchmarks take --out FILE; "latest" ones write bench/out/<name>-latest.json.
 BENCHES = [
     ("upsert", "bench/upsert/run.py",
-     ["--rows", "1000000", "--reps", "2", "--row-by-row", "50000"],
-     ["--rows", "50000", "--reps", "1", "--row-by-row", "5000"], "out", 5),
+     ["--rows", "1000000", "--reps", "1", "--row-by-row", "50000"],
+     ["--rows", "50000", "--reps", "1", "--row-by-row", "5000"], "out", 2.5),
     ("capture", "bench/capture/run.py",
-     ["--reps", "2", "--sizes", "100000,1000000", "--pgbench-tx", "10000",
-      "--storage-rows", "2000000"],
-     ["--quick"], "latest", 6),
+     ["--reps", "1", "--sizes", "100000,1000000", "--pgbench-tx", "10000",
+      "--storage-rows", "1000000"],
+     ["--quick"], "latest", 3),
     ("flush", "bench/flush/run.py",
      ["--rows", "1000000", "--reps", "1", "--phases", "drain,e2e,steady,memory,sweep",
-      "--seconds", "20", "--backlog", "2000000", "--sweep-rows", "300000",
+      "--seconds", "10", "--backlog", "1000000", "--sweep-rows", "300000",
       "--sweep-sizes", "100,500,1000,2000,5000,10000,20000"],
      ["--quick", "--phases", "drain,e2e,steady,memory,sweep", "--sweep-rows", "20000"],
-     "latest", 14),
+     "latest", 10),
     ("metrics", "bench/metrics/run.py",
-     ["--rows", "1000000", "--reps", "3", "--interleaved-rows", "2000000"],
-     ["--rows", "100000", "--reps", "1", "--interleaved-rows", "0"], "out", 4),
+     ["--rows", "1000000", "--reps", "2", "--interleaved-rows", "0"],
+     ["--rows", "100000", "--reps", "1", "--interleaved-rows", "0"], "out", 2),
 ]
 QUICK_MINUTES = {"upsert": 0.5, "capture": 1, "flush": 2.5, "metrics": 1}
 
