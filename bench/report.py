@@ -37,7 +37,6 @@ CAPTURE_LABEL = {"none": "no capture (baseline)", "batchkit": "batchkit capture"
 FLUSH_LABEL = {"batchkit": "batchkit flush worker",
                "outbox": "statement trigger + outbox, Python relay",
                "pgq": "PgQ, Python consumer"}
-SIDE_COLOR = {"server": "#4c72b0", "peer": "#999999", "client": "#dd8452"}
 
 
 def load(data_dir, name):
@@ -243,19 +242,24 @@ class Report:
         fig, ax = plt.subplots(figsize=(8, 4.2))
         keys = [m["key"] for m in methods]
         ys = range(len(keys))
+        peers = {"staging": "#5f5f5f", "recordset": "#5f5f5f", "values": "#aaaaaa",
+                 "rowbyrow": "#aaaaaa"}
+        bk = {"jsonb": "#c8553d", "from": "#c8553d"}     # server-side batchkit; client: lighter
         ax.barh(list(ys), [wall[k] / 1000 for k in keys],
-                color=[SIDE_COLOR.get(m["side"], "#555") for m in methods])
+                color=[peers.get(k) or bk.get(k) or "#f0a070" for k in keys])
         ax.set_yticks(list(ys))
-        ax.set_yticklabels([k for k in keys])
+        ax.set_yticklabels([f"{k} ({'peer' if k in peers else 'batchkit'}, "
+                            f"{'server' if m['side'] == 'server' else 'client'})"
+                            for k, m in zip(keys, methods)], fontsize=8)
         ax.invert_yaxis()
         for y, k in zip(ys, keys):
             ax.text(wall[k] / 1000, y, f" {wall[k] / 1000:,.0f}k", va="center", fontsize=8)
         ax.set_xlabel("thousand rows/s (wall time, median)")
-        ax.set_title(f"Upsert of {d['rows']:,} rows (half new) by method\n"
-                     "blue: server-side, orange: batchkit from a client, grey: client peers",
-                     fontsize=10)
+        ax.set_title(f"Upsert of {d['rows']:,} rows (half new) by method (same run)\n"
+                     "grey: peers, orange: batchkit (dark: input on the server, light: from a "
+                     "client)", fontsize=9)
         if base:
-            ax.axvline(base / 1000, color="#4c72b0", ls=":", lw=1)
+            ax.axvline(base / 1000, color="#5f5f5f", ls=":", lw=1)
         ax.set_xlim(0, max(wall.values()) / 1000 * 1.18)
         self.w(f"![upsert throughput by method]({self.savefig(fig, 'upsert.png')})", "")
 

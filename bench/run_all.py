@@ -31,6 +31,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -195,6 +196,9 @@ def main():
         with open(log_path, "w") as logf:
             p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
+            # stopped by SIGTERM: pass it on, so that the benchmark stops its services
+            signal.signal(signal.SIGTERM, lambda signum, frame, p=p: (
+                p.terminate(), p.wait(60), sys.exit(128 + signum)))
             for line in p.stdout:
                 sys.stdout.write("   " + line)
                 sys.stdout.flush()

@@ -31,6 +31,7 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -132,6 +133,8 @@ def main():
             print(f"{key:14} {label}")
         return 0
     d = tempfile.mkdtemp(prefix="bk-bench-upsert-")
+    # SIGTERM (e.g. from make bench being stopped) stops the cluster too, via finally
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     pg("init", d, free_port())
     pg("start", d)
     try:
