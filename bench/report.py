@@ -404,8 +404,12 @@ class Report:
                     self.summary.append(("flush", f"drain {n:,} queued rows into {s}",
                                          rate(rates["batchkit"]), f">= {tgt:,} rows/s",
                                          verdict(rates["batchkit"] >= tgt)))
-                    self.headline.append(f"flush: drain into {s} {rate(rates['batchkit'])} "
-                                         f"(target {tgt:,})")
+                    peer = max((v for sy, v in rates.items() if sy != "batchkit" and v),
+                               default=None)
+                    self.headline.append(f"flush: drain of {n:,} queued rows into {s} at "
+                                         f"{rate(rates['batchkit'])}" +
+                                         (f", {rates['batchkit'] / peer:.2f}x the best peer"
+                                          if peer else "") + f" (target {tgt:,})")
             self.w(f"**Drain** of {n:,} queued rows (time from `resume_sink()` to `flush()` "
                    "returning; peers: from the relay's start to its last commit):", "",
                    table(("sink", "system", "rows/s", "batchkit / this", "target", "verdict"),
@@ -429,6 +433,9 @@ class Report:
                                  f"best peer >= {tgt:g}x batchkit's" if bk else "",
                                  verdict(r >= tgt) if bk and r is not None else ""))
                 if r is not None:
+                    self.headline.append(f"flush: end to end {n:,} rows into {s} in "
+                                         f"{secs(t['batchkit'])}, the best peer needs {r:.2f}x "
+                                         f"as long (target {tgt:g}x)")
                     self.summary.append(("flush", f"end to end {n:,} rows into {s}, best peer "
                                          "time / batchkit time", ratio(r), f">= {tgt:g}x",
                                          verdict(r >= tgt)))
@@ -645,6 +652,8 @@ class Report:
             rows.append((f"A/B drains of {d['rows']:,} rows into Redis, {d['reps']} pair(s)",
                          rate(d["median_quiet"]), rate(d["median_readers"]), f"{ch:+.2%}",
                          f"{d['median_pair_ratio'] - 1:+.2%}", verdict(abs(ch) < tgt)))
+            self.headline.append(f"metrics: reading them {d['hz']:g} times a second changes "
+                                 f"drain throughput by {ch:+.1%} (target: less than {tgt:.0%})")
             self.summary.append(("metrics", f"drain with a {d['hz']:g} Hz reader of sink_stats "
                                  "+ metrics() vs without", f"{ch:+.2%}", f"change < {tgt:.0%}",
                                  verdict(abs(ch) < tgt)))
