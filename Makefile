@@ -4,7 +4,7 @@
 #   make install         install it into the PostgreSQL found by $(PG_CONFIG)
 #   make installcheck    pg_regress against a running server (PGHOST/PGPORT/PGUSER)
 #   make demo / test     aliases of the README's two commands (scripts/demo.sh, scripts/test.sh)
-#   make bench           install, then every benchmark (~18 min quiet) -> bench/REPORT.md + plots;
+#   make bench           install, then every benchmark (~28 min) -> bench/REPORT.md + plots;
 #                        make bench BENCH_ARGS=--quick for a ~5 min smoke run (bench/out/quick)
 #
 # The C++ core is built by CMake as a Postgres-free static library (build/core) and

@@ -78,6 +78,9 @@ def verdict(ok):
     return "-" if ok is None else ("**met**" if ok else "**not met**")
 
 
+INCONCLUSIVE = "**inconclusive**"
+
+
 def table(head, rows):
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
@@ -546,18 +549,19 @@ class Report:
 
     def sweep(self, sw, sinks):
         default = sw.get("defaults", {}).get("batch_size")
-        self.w(f"### Throughput vs batch size", "",
-               f"A new sweep: {sw['rows']:,} queued rows drained per point (batchkit only, "
+        self.w("### Throughput vs batch size", "",
+               f"A sweep: {sw['rows']:,} queued rows drained per point (batchkit only, "
                "`batch_size` set with the sink's options; both sinks loaded by the same "
-               "`INSERT`). Two rates per point: from `resume_sink()` to `flush()` returning "
-               "(as the drain above; includes a fixed start-up and end cost that weighs on a "
-               "short drain), and the delivery rate between 10% and 90% of the rows "
-               "(`sink_stats.rows_sent` sampled every 50 ms): the batching curve proper. "
-               f"Default `batch_size`: {default if default is not None else '?'} "
-               f"(read from `batchkit._sink_config`; `max_batch_bytes` "
-               f"{sw.get('defaults', {}).get('max_batch_bytes', '?')}).", "")
+               "`INSERT`; one pass). Two rates per point: from `resume_sink()` to `flush()` "
+               "returning (as the drain above; includes a fixed start-up and end cost that "
+               "weighs on a short drain), and the delivery rate between 10% and 90% of the rows "
+               "(`sink_stats.rows_sent` sampled every 50 ms): the batching curve proper. The "
+               "worker's CPU per row is the cost of a batch spread over its rows, and much less "
+               "sensitive to other load on the machine than the rates. Default `batch_size`: "
+               f"{default if default is not None else '?'} (read from `batchkit._sink_config`; "
+               f"`max_batch_bytes` {sw.get('defaults', {}).get('max_batch_bytes', '?')}).", "")
         plt = self.plt
-        fig, ax = plt.subplots(figsize=(8, 4.4))
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.4))
         colors = {"redis": "#c44e52", "kafka": "#4c72b0"}
         concl = []
         for s in sinks:
@@ -586,45 +590,26 @@ class Report:
                     label=f"{s}: 10-90% delivery rate" if key != "rows_per_s" else s)
             ax.plot(xs, [x["rows_per_s"] / 1000 for x in pts], "o--", color=colors.get(s),
                     alpha=0.45, lw=1, ms=3, label=f"{s}: resume to flush")
-            best = max(ys)
-            bx = xs[ys.index(best)]
-            # the plateau: the smallest batch_size from which every larger one in the sweep
-            # delivers within 10% of the best rate
-            flat = next((x for i, x in enumerate(xs) if all(y >= 0.9 * best for y in ys[i:])),
-                        None)
-            at_def = next((y for x, y in zip(xs, ys) if x == default), None)
-            s_txt = f"{s}: best {best:,.0f} rows/s at batch_size {bx:,}; "
-            if flat is None:
-                s_txt += (f"no plateau within 10% of it: the rate falls again after "
-                          f"batch_size {bx:,} (largest {xs[-1]:,}: {ys[-1] / best:.0%} of the best)")
-            else:
-                s_txt += (f"the curve flattens at batch_size {flat:,} (every larger size within "
-                          f"10% of the best; batch_size {xs[0]:,} reaches {ys[0] / best:.0%})")
-            if default is not None and at_def is not None:
-                if flat is not None and default >= flat:
-                    s_txt += (f"; the default {default:,} is on the plateau "
-                              f"({at_def / best:.0%} of the best): larger batches would buy "
-                              f"little, and the default could be as small as {flat:,} "
-                              "(less memory and latency per batch) without losing throughput")
-                elif flat is not None:
-                    s_txt += (f"; the default {default:,} is below the plateau "
-                              f"({at_def / best:.0%} of the best): a default of {flat:,} "
-                              "would deliver faster")
-                else:
-                    s_txt += f"; the default {default:,} reaches {at_def / best:.0%} of the best"
-            concl.append(s_txt + ".")
+            cpus = [x["worker_cpu_s"] / sw["rows"] * 1e6 if x.get("worker_cpu_s") else None
+                    for x in pts]
+            ax2.plot([x for x, c in zip(xs, cpus) if c], [c for c in cpus if c], "o-",
+                     color=colors.get(s), label=s)
+            concl.append(self.flatten(s, xs, ys, cpus, default))
+        for a in (ax, ax2):
+            if default is not None:
+                a.axvline(default, color="#555", ls=":", lw=1)
+            a.set_xscale("log")
+            a.set_xlabel("batch_size (rows, log)")
+            a.grid(alpha=0.3)
+            a.legend(fontsize=8)
         if default is not None:
-            ax.axvline(default, color="#555", ls=":", lw=1)
-            ax.text(default, ax.get_ylim()[1] * 0.97, f" default {default:,}", fontsize=8,
-                    va="top")
-        ax.set_xscale("log")
-        ax.set_xlabel("batch_size (rows, log)")
+            ax.text(default, 0, f" default {default:,}", fontsize=8, va="bottom")
         ax.set_ylabel("thousand rows/s")
         ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(f"Drain throughput vs batch size ({sw['rows']:,} rows per point)",
-                     fontsize=10)
+        ax.set_title(f"Drain throughput ({sw['rows']:,} rows per point)", fontsize=10)
+        ax2.set_yscale("log")
+        ax2.set_ylabel("flush worker CPU µs per row (log)")
+        ax2.set_title("Worker CPU per row", fontsize=10)
         firsts = sorted(x["first_sent_s"] for x in sw["points"] if x.get("first_sent_s") is not None)
         if firsts:
             slow = sum(1 for f in firsts if f >= 0.5)
@@ -634,10 +619,47 @@ class Report:
                    "batch — a fixed cost that the resume-to-flush rate of a short drain "
                    "includes and the 10–90% rate does not.", "")
         self.w(f"![throughput vs batch size]({self.savefig(fig, 'batch_size.png')})", "")
-        self.w("**Where it flattens** (computed from the points above; a rate within 10% of the "
-               "best is counted as flat — on a busy machine differences below that are noise):",
-               "", *[f"- {c}" for c in concl], "")
+        self.w("**Where it flattens** (computed from the points above; within 10% of the best "
+               "counts as flat; one pass on a busy machine, so the rates scatter by more than "
+               "that — the CPU per row is the steadier signal):", "",
+               *[f"- {c}" for c in concl], "")
         self.headline.extend(f"batch size: {c}" for c in concl)
+
+    @staticmethod
+    def flatten(s, xs, ys, cpus, default):
+        """One sentence: where the rate and the CPU per row stop improving, and the default."""
+        best = max(ys)
+        bx = xs[ys.index(best)]
+        # the plateau: the smallest batch_size from which every larger one in the sweep
+        # delivers within 10% of the best rate
+        flat = next((x for i, x in enumerate(xs) if all(y >= 0.9 * best for y in ys[i:])), None)
+        at_def = next((y for x, y in zip(xs, ys) if x == default), None)
+        txt = f"{s}: best {best:,.0f} rows/s at batch_size {bx:,}"
+        if flat is None:
+            txt += (f"; no plateau: the rate falls again after batch_size {bx:,} "
+                    f"(largest {xs[-1]:,}: {ys[-1] / best:.0%} of the best)")
+        elif flat == xs[-1] and len(xs) > 1:
+            txt += (f"; the rate has not flattened within the sweep (still rising at its "
+                    f"largest batch_size; {xs[-2]:,} reaches {ys[-2] / best:.0%})")
+        else:
+            txt += (f"; the rate flattens at batch_size {flat:,} (every larger size within 10% "
+                    f"of the best)")
+        if default is not None and at_def is not None:
+            txt += f"; the default {default:,} reaches {at_def / best:.0%} of the best rate"
+        cs = [(x, c) for x, c in zip(xs, cpus) if c]
+        if cs:
+            cmin = min(c for _, c in cs)
+            cflat = next(x for i, (x, _) in enumerate(cs) if all(c <= 1.1 * cmin for _, c in cs[i:]))
+            cdef = next((c for x, c in cs if x == default), None)
+            txt += (f". Worker CPU per row falls from {cs[0][1]:.1f} µs at batch_size "
+                    f"{cs[0][0]:,} to {cmin:.1f} µs and stays within 10% of that from batch_size "
+                    f"{cflat:,} on")
+            if default is not None and cdef is not None:
+                txt += (f": the default is " + ("on that plateau, so larger batches save no "
+                                                "worker CPU" if default >= cflat else
+                                                f"below it ({cdef:.1f} µs/row): larger batches "
+                                                "would still save worker CPU"))
+        return txt + "."
 
     # ---- issue 6: metrics ----------------------------------------------------------------
     def metrics(self):
@@ -647,16 +669,28 @@ class Report:
             return self.missing("metrics", title)
         tgt = TARGETS["metrics_change"][1]
         rows = []
+        noise = None
         if d.get("median_quiet"):
             ch = d["ratio_of_medians"] - 1
+            pr = d.get("pair_ratios") or []
+            # pairs that moved by more than the target in BOTH directions: the machine's
+            # noise is larger than the effect to be judged
+            if pr and min(pr) < 1 - tgt and max(pr) > 1 + tgt:
+                noise = (min(pr) - 1, max(pr) - 1)
+                v = INCONCLUSIVE
+            else:
+                v = verdict(abs(ch) < tgt)
             rows.append((f"A/B drains of {d['rows']:,} rows into Redis, {d['reps']} pair(s)",
                          rate(d["median_quiet"]), rate(d["median_readers"]), f"{ch:+.2%}",
-                         f"{d['median_pair_ratio'] - 1:+.2%}", verdict(abs(ch) < tgt)))
-            self.headline.append(f"metrics: reading them {d['hz']:g} times a second changes "
-                                 f"drain throughput by {ch:+.1%} (target: less than {tgt:.0%})")
+                         ", ".join(f"{x - 1:+.1%}" for x in pr) or None, v))
+            self.headline.append(
+                f"metrics: reading them {d['hz']:g} times a second changed drain throughput by "
+                f"{ch:+.1%} (target: less than {tgt:.0%})" +
+                (f"; inconclusive: the A/B pairs scattered from {noise[0]:+.0%} to "
+                 f"{noise[1]:+.0%}" if noise else ""))
             self.summary.append(("metrics", f"drain with a {d['hz']:g} Hz reader of sink_stats "
                                  "+ metrics() vs without", f"{ch:+.2%}", f"change < {tgt:.0%}",
-                                 verdict(abs(ch) < tgt)))
+                                 v))
         il = d.get("interleaved")
         if il and il.get("median_quiet"):
             ch = il["median_reading"] / il["median_quiet"] - 1
@@ -669,12 +703,19 @@ class Report:
                f"`batchkit.metrics()` {d['hz']:g} times a second. Command: "
                f"`{self.cmd('metrics')}`", "",
                table(("measurement", "quiet", "with reader", "change (medians)",
-                      "change (paired)", f"target: < {tgt:.0%}"), rows), "")
+                      "change per A/B pair", f"target: < {tgt:.0%}"), rows), "")
+        if noise:
+            self.w(f"**Inconclusive:** the A/B pairs disagree in sign, from {noise[0]:+.1%} to "
+                   f"{noise[1]:+.1%}: the drains' run-to-run noise on this machine is far larger "
+                   f"than the {tgt:.0%} effect to be measured. More pairs (`--reps`) or a quiet "
+                   "machine are needed; the read cost below bounds the effect independently of "
+                   "timing noise.", "")
         rc = d.get("read_cost")
         if rc:
             self.w(f"One read of both costs {rc['backend_cpu_s'] * 1000:.2f} ms of backend CPU "
-                   f"+ {rc['client_cpu_s'] * 1000:.2f} ms client CPU: "
-                   f"{rc['core_share_at_hz']:.2%} of one core at {d['hz']:g} Hz.", "")
+                   f"+ {rc['client_cpu_s'] * 1000:.2f} ms client CPU (measured with "
+                   f"{d['rows']:,} rows queued, from /proc): {rc['core_share_at_hz']:.2%} of one "
+                   f"core at {d['hz']:g} Hz — the most the reader can take from the drain.", "")
 
     # ---- summary, reproduction, output ---------------------------------------------------
     def write(self, readme=None):
@@ -688,8 +729,10 @@ class Report:
         self.md = self.md[:body_start]
         met = sum(1 for r in self.summary if r[4] == "**met**")
         judged = sum(1 for r in self.summary if r[4] in ("**met**", "**not met**"))
+        inc = sum(1 for r in self.summary if r[4] == INCONCLUSIVE)
         self.w("## Targets at a glance", "",
-               f"{met} of {judged} targets met in this run.", "",
+               f"{met} of {judged} targets met in this run" +
+               (f"; {inc} inconclusive (noise larger than the effect)" if inc else "") + ".", "",
                table(("area", "measurement", "batchkit", "target", "verdict"), self.summary), "")
         self.md.extend(body)
         self.w("## Reproduce", "",
@@ -725,8 +768,9 @@ class Report:
         block += [f"- {h}" for h in self.headline]
         met = sum(1 for r in self.summary if r[4] == "**met**")
         judged = sum(1 for r in self.summary if r[4] in ("**met**", "**not met**"))
-        block += ["", f"Targets met: {met} of {judged} (see the table in "
-                  "[bench/REPORT.md](bench/REPORT.md)).", end]
+        inc = sum(1 for r in self.summary if r[4] == INCONCLUSIVE)
+        block += ["", f"Targets met: {met} of {judged}" + (f", {inc} inconclusive" if inc else "")
+                  + " (see the table in [bench/REPORT.md](bench/REPORT.md)).", end]
         pre, rest = text.split(start, 1)
         _, post = rest.split(end, 1)
         with open(path, "w") as f:

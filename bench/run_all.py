@@ -12,8 +12,7 @@ its own throwaway services:
 
 Profiles (the parameters of every command are printed and recorded):
   report   (default) the issues' sizes (1M rows), one repetition (two A/B pairs for
-           metrics): ~18 min on a quiet 2-core machine, about three times that when
-           other work loads it; writes bench/report-data/ (the JSON inputs and each
+           metrics): ~28 min on the project's 2-core VM at a load average of 3-4; writes bench/report-data/ (the JSON inputs and each
            benchmark's log), bench/REPORT.md and bench/plots/*.png
   --quick  smoke run, ~5 min: small sizes, one repetition; writes everything under
            bench/out/quick/ so the committed report is left alone
@@ -42,25 +41,26 @@ ROOT = os.path.dirname(HERE)
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 # name -> (script, report-profile args, quick-profile args, how its JSON is obtained,
-#          expected minutes in the report profile on a quiet machine)
+#          minutes the report profile took on the project's 2-core VM at load 3-4; the
+#          peers' Python relays into Kafka take most of flush's)
 # "out" benchmarks take --out FILE; "latest" ones write bench/out/<name>-latest.json.
 BENCHES = [
     ("upsert", "bench/upsert/run.py",
      ["--rows", "1000000", "--reps", "1", "--row-by-row", "50000"],
-     ["--rows", "50000", "--reps", "1", "--row-by-row", "5000"], "out", 2.5),
+     ["--rows", "50000", "--reps", "1", "--row-by-row", "5000"], "out", 3),
     ("capture", "bench/capture/run.py",
      ["--reps", "1", "--sizes", "100000,1000000", "--pgbench-tx", "10000",
       "--storage-rows", "1000000"],
-     ["--quick"], "latest", 3),
+     ["--quick"], "latest", 2.5),
     ("flush", "bench/flush/run.py",
      ["--rows", "1000000", "--reps", "1", "--phases", "drain,e2e,steady,memory,sweep",
       "--seconds", "10", "--backlog", "1000000", "--sweep-rows", "300000",
       "--sweep-sizes", "100,500,1000,2000,5000,10000,20000"],
      ["--quick", "--phases", "drain,e2e,steady,memory,sweep", "--sweep-rows", "20000"],
-     "latest", 10),
+     "latest", 19),
     ("metrics", "bench/metrics/run.py",
      ["--rows", "1000000", "--reps", "2", "--interleaved-rows", "0"],
-     ["--rows", "100000", "--reps", "1", "--interleaved-rows", "0"], "out", 2),
+     ["--rows", "100000", "--reps", "1", "--interleaved-rows", "0"], "out", 3.5),
 ]
 QUICK_MINUTES = {"upsert": 0.5, "capture": 1, "flush": 2.5, "metrics": 1}
 
@@ -157,7 +157,7 @@ def main():
     profile = "quick" if args.quick else "report"
     minutes = sum(QUICK_MINUTES[b[0]] if args.quick else b[5] for b in chosen)
     print(f"# make bench, profile '{profile}': {', '.join(b[0] for b in chosen)}; expected "
-          f"duration ~{minutes:.0f} min on a quiet 2-core machine (longer when it is busy); "
+          f"duration ~{minutes:.0f} min on a 2-core machine at load 3-4; "
           f"results in {os.path.relpath(out_dir, ROOT)}/", flush=True)
 
     run = {"profile": profile, "argv": sys.argv[1:], "bk_pgbin": pgbin, "machine": machine(),

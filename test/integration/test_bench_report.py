@@ -74,7 +74,8 @@ def fixture(d):
                              "points": points}})
     dump("metrics", {"rows": 1_000_000, "reps": 3, "hz": 10.0, "median_quiet": 100_000.0,
                      "median_readers": 99_000.0, "ratio_of_medians": 0.99,
-                     "median_pair_ratio": 0.985, "interleaved_rows": 0, "slice_s": 2.0})
+                     "median_pair_ratio": 0.985, "pair_ratios": [0.98, 0.99],
+                     "interleaved_rows": 0, "slice_s": 2.0})
 
 
 def test_report_from_fixture(tmp_path):
@@ -96,9 +97,12 @@ def test_report_from_fixture(tmp_path):
     assert "| flush | drain 1,000,000 queued rows into kafka | 350,000 rows/s | >= 400,000 " \
            "rows/s | **not met** |" in md
     # the sweep flattens at 1000 (135k >= 90% of 150k) and the default 10000 is past it
-    assert "the curve flattens at batch_size 1,000" in md
-    assert "the default 10,000 is on the plateau (100% of the best)" in md
+    assert "the rate flattens at batch_size 1,000" in md
+    assert "the default 10,000 reaches 100% of the best rate" in md
+    # the same worker CPU at every size: flat from the smallest one
+    assert "stays within 10% of that from batch_size 100 on: the default is on that plateau" in md
     assert "-1.00%" in md                                           # metrics change
+    assert "11 of 16 targets met in this run." in md
     for png in ("upsert.png", "capture_overhead.png", "latency.png", "batch_size.png"):
         f = tmp_path / "plots" / png
         assert f.exists() and f.stat().st_size > 5000, png
@@ -116,3 +120,17 @@ def test_report_marks_missing_benchmark(tmp_path):
     assert p.returncode == 0, p.stderr
     md = open(tmp_path / "REPORT.md").read()
     assert "*No data: the benchmark failed (exit 1); see report-data/metrics.log.*" in md
+
+
+def test_report_noise_larger_than_the_effect_is_inconclusive(tmp_path):
+    fixture(str(tmp_path))
+    path = tmp_path / "report-data" / "metrics.json"
+    m = json.load(open(path))
+    m["pair_ratios"] = [0.90, 1.25]         # the A/B pairs disagree in sign, beyond 2%
+    json.dump(m, open(path, "w"))
+    p = subprocess.run([sys.executable, REPORT, "--dir", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    md = open(tmp_path / "REPORT.md").read()
+    assert "| -1.00% | change < 2% | **inconclusive** |" in md
+    assert "10 of 15 targets met in this run; 1 inconclusive" in md
