@@ -169,6 +169,8 @@ class Report:
                 ("OS", f"Debian {m.get('debian', '?')}, Linux {m.get('kernel', '?')}"),
                 ("PostgreSQL", self.pg_version() or m.get("postgres", "?")),
                 ("batchkit commit", f"`{m.get('git_commit', '?')}` ({m.get('git_branch', '?')})"
+                 + (f"; extension code last changed in `{m['git_code_commit'][:10]}`"
+                    if m.get("git_code_commit") else "")
                  + (f", with uncommitted changes in {len(dirty)} file(s) under bench/src/sql"
                     if dirty else "")),
                 ("load average (1 min) per benchmark", ", ".join(
@@ -649,12 +651,20 @@ class Report:
         cs = [(x, c) for x, c in zip(xs, cpus) if c]
         if cs:
             cmin = min(c for _, c in cs)
-            cflat = next(x for i, (x, _) in enumerate(cs) if all(c <= 1.1 * cmin for _, c in cs[i:]))
+            cflat = next((x for i, (x, _) in enumerate(cs)
+                          if all(c <= 1.1 * cmin for _, c in cs[i:])), None)
             cdef = next((c for x, c in cs if x == default), None)
-            txt += (f". Worker CPU per row falls from {cs[0][1]:.1f} µs at batch_size "
-                    f"{cs[0][0]:,} to {cmin:.1f} µs and stays within 10% of that from batch_size "
-                    f"{cflat:,} on")
-            if default is not None and cdef is not None:
+            if cflat is None:
+                cx = next(x for x, c in cs if c == cmin)
+                txt += (f". Worker CPU per row is lowest at batch_size {cx:,} ({cmin:.1f} µs) "
+                        f"and more than 10% higher again at {cs[-1][0]:,} ({cs[-1][1]:.1f} µs)")
+                if default is not None and cdef is not None:
+                    txt += f"; the default costs {cdef:.1f} µs/row"
+            else:
+                txt += (f". Worker CPU per row falls from {cs[0][1]:.1f} µs at batch_size "
+                        f"{cs[0][0]:,} to {cmin:.1f} µs and stays within 10% of that from "
+                        f"batch_size {cflat:,} on")
+            if cflat is not None and default is not None and cdef is not None:
                 txt += (f": the default is " + ("on that plateau, so larger batches save no "
                                                 "worker CPU" if default >= cflat else
                                                 f"below it ({cdef:.1f} µs/row): larger batches "

@@ -117,6 +117,9 @@ def machine():
                               text=True).stdout.strip()
     info["git_commit"] = git("rev-parse", "HEAD")
     info["git_branch"] = git("rev-parse", "--abbrev-ref", "HEAD")
+    # the last commit that changed the extension itself (bench-only commits do not)
+    info["git_code_commit"] = git("log", "-1", "--format=%H", "--", "src", "include", "sql",
+                                  "CMakeLists.txt")
     # uncommitted changes to the code being measured (the report's own outputs excluded)
     dirty = [l for l in git("status", "--porcelain", "--", "src", "include", "sql",
                             "bench", ":!bench/REPORT.md", ":!bench/plots",

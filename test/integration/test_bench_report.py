@@ -134,3 +134,20 @@ def test_report_noise_larger_than_the_effect_is_inconclusive(tmp_path):
     md = open(tmp_path / "REPORT.md").read()
     assert "| -1.00% | change < 2% | **inconclusive** |" in md
     assert "10 of 15 targets met in this run; 1 inconclusive" in md
+
+
+def test_report_sweep_without_plateau(tmp_path):
+    """Rate and CPU per row best in the middle of the sweep: no plateau is claimed."""
+    fixture(str(tmp_path))
+    path = tmp_path / "report-data" / "flush.json"
+    f = json.load(open(path))
+    for p in f["sweep"]["points"]:
+        p["rows_per_s_10_90"] = {100: 50_000.0, 1000: 150_000.0, 10000: 60_000.0}[p["batch_size"]]
+        p["worker_cpu_s"] = {100: 3.0, 1000: 1.0, 10000: 2.0}[p["batch_size"]]
+    json.dump(f, open(path, "w"))
+    p = subprocess.run([sys.executable, REPORT, "--dir", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    md = open(tmp_path / "REPORT.md").read()
+    assert "no plateau: the rate falls again after batch_size 1,000" in md
+    assert "Worker CPU per row is lowest at batch_size 1,000" in md
