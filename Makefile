@@ -4,6 +4,8 @@
 #   make install         install it into the PostgreSQL found by $(PG_CONFIG)
 #   make installcheck    pg_regress against a running server (PGHOST/PGPORT/PGUSER)
 #   make demo / test     aliases of the README's two commands (scripts/demo.sh, scripts/test.sh)
+#   make bench           install, then every benchmark (~28 min) -> bench/REPORT.md + plots;
+#                        make bench BENCH_ARGS=--quick for a ~5 min smoke run (bench/out/quick)
 #
 # The C++ core is built by CMake as a Postgres-free static library (build/core) and
 # linked into batchkit.so; only src/shim/*.c sees postgres.h.
@@ -49,9 +51,15 @@ $(CORE_LIB): $(CORE_SRCS)
 $(shlib): $(CORE_LIB)
 $(OBJS): $(wildcard include/batchkit/*.h) $(wildcard src/shim/*.h)
 
-.PHONY: demo test core
+.PHONY: demo test core bench
 core: $(CORE_LIB)
 demo:
 	bash scripts/demo.sh
 test:
 	bash scripts/test.sh
+
+# The benchmarks run the batchkit installed in $(PG_CONFIG)'s PostgreSQL (they start
+# their own throwaway clusters from its bin/), so install first.
+BENCH_ARGS ?=
+bench: install
+	BK_PGBIN="$${BK_PGBIN:-$$($(PG_CONFIG) --bindir)}" /usr/bin/python3 bench/run_all.py $(BENCH_ARGS)

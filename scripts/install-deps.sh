@@ -18,6 +18,8 @@ PACKAGES=(
     # peers measured by the benchmarks (pgq); C speed-ups the peers' Python relays
     # would use in production (kafka-python's CRC-32C, redis-py's reply parser)
     postgresql-15-pgq3 python3-crc32c python3-hiredis
+    # make bench: the report's plots
+    python3-matplotlib
     # misc tools the scripts use
     procps util-linux
 )

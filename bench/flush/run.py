@@ -84,6 +84,49 @@ class Sampler(threading.Thread):
         return self.peak
 
 
+class Progress(threading.Thread):
+    """Samples a sink's rows_sent (batchkit.sink_stats, shared memory: no queue scan) every
+    `period` s on its own connection, for the delivery rate without the fixed start-up
+    cost of resume_sink() and the end of flush() (the sweep's short drains)."""
+
+    def __init__(self, svc, name, period=0.05):
+        super().__init__(daemon=True)
+        self.conn = svc.connect()
+        self.name = name
+        self.period = period
+        self.points = []
+        self._halt = threading.Event()
+
+    def run(self):
+        cur = self.conn.cursor()
+        while not self._halt.is_set():
+            cur.execute("SELECT rows_sent FROM batchkit.sink_stats WHERE sink = %s", (self.name,))
+            row = cur.fetchone()
+            self.points.append((time.perf_counter(), row[0] if row else 0))
+            self._halt.wait(self.period)
+
+    def stop(self):
+        self._halt.set()
+        self.join()
+        self.conn.close()
+
+    def rate(self, n, lo=0.1, hi=0.9):
+        """Rows per second between lo*n and hi*n rows delivered (interpolated)."""
+        def when(target):
+            prev = None
+            for t, v in self.points:
+                if v >= target:
+                    if prev is None or v == prev[1]:
+                        return t
+                    return prev[0] + (t - prev[0]) * (target - prev[1]) / (v - prev[1])
+                prev = (t, v)
+            return None
+        t_lo, t_hi = when(lo * n), when(hi * n)
+        if t_lo is None or t_hi is None or t_hi <= t_lo:
+            return None
+        return (hi - lo) * n / (t_hi - t_lo)
+
+
 class FlushBench:
     def __init__(self, svc, args):
         self.svc = svc
@@ -172,8 +215,9 @@ class FlushBench:
         for _ in range(3):
             self.q("SELECT * FROM batchkit.maintain_queue('0 s')")
 
-    def bk_flush_timed(self, name, resume):
-        """Resume (optionally) and flush; the worker's CPU seconds and memory during it."""
+    def bk_flush_timed(self, name, resume, progress=False):
+        """Resume (optionally) and flush; the worker's CPU seconds and memory during it
+        (and with progress=True the delivery rate between 10% and 90% of the rows)."""
         wpid = self.flush_worker_pid()
         procs = {"worker": wpid, "redis": self.svc.redis_pid}
         if getattr(self, "broker", None):
@@ -182,12 +226,17 @@ class FlushBench:
         m0 = benchlib.cpu_times()
         sampler = Sampler(wpid)
         sampler.start()
+        prog = Progress(self.svc, name) if progress else None
+        if prog:
+            prog.start()
         t0 = time.perf_counter()
         if resume:
             self.q("SELECT batchkit.resume_sink(%s)", (name,))
         ok = self.q1("SELECT batchkit.flush(%s, '900 s')", (name,))
         dt = time.perf_counter() - t0
         peak = sampler.stop()
+        if prog:
+            prog.stop()
         m1 = benchlib.cpu_times()
         cpu1 = {k: benchlib.proc_cpu_seconds(p) for k, p in procs.items()}
         if not ok:
@@ -196,7 +245,12 @@ class FlushBench:
                               else None for k in procs},
                     "machine_busy": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
                     "worker_peak": peak, "worker_pid": wpid,
-                    "worker_status_after": benchlib.proc_status(wpid)}
+                    "worker_status_after": benchlib.proc_status(wpid),
+                    "progress": None if not prog else {
+                        "samples": len(prog.points),
+                        "sent_at_end": prog.points[-1][1] if prog.points else None,
+                        "first_sent_s": next((t - t0 for t, v in prog.points if v > 0), None)},
+                    "_progress": prog}
 
     # ---- verification --------------------------------------------------------------------
     def verify_redis(self, key, n):
@@ -311,16 +365,16 @@ class FlushBench:
             getattr(self, "drain_" + system)(n, rep, sinks, res)
         return res
 
-    def drain_batchkit(self, n, rep, sinks, res):
+    def drain_batchkit(self, n, rep, sinks, res, extra=None, progress=False):
         self.reset_users()
         names = {}
         for s in sinks:
             if s == "kafka":
                 topic = f"drain_bk_{rep}"
                 broker = self.kafka(topic)
-                names[s] = self.bk_sink("kafka", broker, topic, paused=True)
+                names[s] = self.bk_sink("kafka", broker, topic, paused=True, extra=extra)
             else:
-                names[s] = self.bk_sink("redis", paused=True)
+                names[s] = self.bk_sink("redis", paused=True, extra=extra)
         self.q("CHECKPOINT")
         t_load = self.load(n)
         for s in sinks:
@@ -328,13 +382,16 @@ class FlushBench:
             assert depth == n, (depth, n)
         for s in sinks:
             self.q("CHECKPOINT")
-            dt, extra = self.bk_flush_timed(names[s], resume=True)
+            dt, extra = self.bk_flush_timed(names[s], resume=True, progress=progress)
+            prog = extra.pop("_progress")
+            if prog:
+                extra["progress"]["rows_per_s_10_90"] = prog.rate(n)
             if s == "redis":
                 extra["verify"] = self.verify_redis(f"{names[s]}:users", n)
             else:
                 extra["verify"] = self.verify_kafka(self.broker, f"drain_bk_{rep}", n)
             extra.update(seconds=dt, rows_per_s=n / dt, load_s=t_load,
-                         loadavg1=benchlib.loadavg()[0])
+                         loadavg1=benchlib.loadavg()[0], sink_stats=self.sink_stats(names[s]))
             res[("batchkit", s)] = extra
             log(f"  drain batchkit -> {s:<5} rep {rep}: {dt:7.2f} s  {n / dt:9,.0f} rows/s  "
                 f"worker CPU {extra['cpu_s']['worker']:.2f} s  "
@@ -393,6 +450,49 @@ class FlushBench:
         log(f"  drain {source:<8} -> {s:<5} rep {rep}: {dt:7.2f} s  {n / dt:9,.0f} rows/s  "
             f"relay CPU {r['cpu_s'].get('relay') or 0:.2f} s (loadavg {r['loadavg1']:.2f})")
         return r
+
+    def sink_stats(self, name):
+        """The sink's batches and average batch size as batchkit.sink_stats reports them."""
+        row = self.q("SELECT batches, rows_sent, avg_batch_size, last_batch_size "
+                     "FROM batchkit.sink_stats WHERE sink = %s", (name,))
+        if not row:
+            return None
+        b, sent, avg, last = row[0]
+        return {"batches": b, "rows_sent": sent, "avg_batch_size": avg, "last_batch_size": last}
+
+    def effective_defaults(self, keys=("batch_size", "max_batch_bytes", "max_wait_ms")):
+        """The defaults of a sink created without these options, as the worker reads them
+        (batchkit._sink_config), so the sweep's report marks the real default."""
+        name = self.uniq("bk_def")
+        opts = {"url": f"redis://127.0.0.1:{self.svc.redis_port}/0", "command": "xadd",
+                "key": "d"}
+        self.q("SELECT batchkit.create_sink(%s, 'redis', %s::jsonb)", (name, json.dumps(opts)))
+        rows = self.q("SELECT c.key, c.value, c.is_default FROM batchkit.sink s, "
+                      "batchkit._sink_config(s.sink_id) c WHERE s.name = %s", (name,))
+        self.bk_drop(name)
+        return {k: int(v) for k, v, is_def in rows if k in keys and is_def}
+
+    # ---- (v) batch-size sweep: drain throughput per batch_size ------------------------------------
+    def sweep(self, n, sizes, sinks):
+        """Drain n queued rows per batch_size (batchkit only; both sinks loaded by the same
+        INSERT, as in the drain phase), alternating the direction of the sweep per sink
+        so that a drift of the machine's load does not bend the curve one way."""
+        # batch_size, max_batch_bytes and max_wait_ms are options of every kind of sink
+        res = {"rows": n, "sizes": sizes, "defaults": self.effective_defaults(), "points": []}
+        for i, bs in enumerate(sizes):
+            out = {}
+            self.drain_batchkit(n, f"sw{bs}", sinks, out, extra={"batch_size": bs},
+                                progress=True)
+            for s in sinks:
+                r = out[("batchkit", s)]
+                res["points"].append({
+                    "sink": s, "batch_size": bs, "seconds": r["seconds"],
+                    "rows_per_s": r["rows_per_s"], "worker_cpu_s": r["cpu_s"].get("worker"),
+                    "rows_per_s_10_90": r["progress"]["rows_per_s_10_90"],
+                    "first_sent_s": r["progress"]["first_sent_s"],
+                    "loadavg1": r["loadavg1"], "machine_busy": r["machine_busy"],
+                    "sink_stats": r.get("sink_stats")})
+        return res
 
     # ---- (ii) end to end ----------------------------------------------------------------------------------
     def e2e(self, n, rep, sinks, systems):
@@ -562,7 +662,10 @@ class FlushBench:
              # (when the worker handed the message to librdkafka); ms resolution
              "commit_to_sink": {"p50_ms": pctl(to_sink, 50), "p99_ms": pctl(to_sink, 99)},
              "sink_to_reader": {"p50_ms": pctl(sink_to_reader, 50),
-                                "p99_ms": pctl(sink_to_reader, 99)}}
+                                "p99_ms": pctl(sink_to_reader, 99)},
+             # every per-row latency after the warm-up, sorted, in 0.1 ms: the report
+             # draws its histogram and CDF from these (the timeline keeps the order in time)
+             "samples_ms_sorted": [round(x, 1) for x in lat_steady]}
         for label, xs in (("all", lat_all), ("steady", lat_steady)):
             r[label] = {"n": len(xs), "p50_ms": pctl(xs, 50), "p90_ms": pctl(xs, 90),
                         "p99_ms": pctl(xs, 99), "max_ms": xs[-1] if xs else None,
@@ -609,6 +712,7 @@ class FlushBench:
             f"{res['worker_status_before']}")
         for s in sinks:
             dt, extra = self.bk_flush_timed(names[s], resume=True)
+            extra.pop("_progress")
             acked = self.q1("SELECT acked_records FROM batchkit.sink_progress JOIN batchkit.sink "
                             "USING (sink_id) WHERE name = %s", (names[s],))
             if acked != backlog:
@@ -695,7 +799,9 @@ def main():
                     help="smoke run (< 60 s): 20k rows, 2 s steady state, 50k backlog")
     ap.add_argument("--rows", type=int, default=None, help="rows for drain and e2e (1,000,000)")
     ap.add_argument("--reps", type=int, default=1, help="repetitions of drain and e2e")
-    ap.add_argument("--phases", default="drain,e2e,steady,memory")
+    ap.add_argument("--phases", default="drain,e2e,steady,memory",
+                    help="comma list of drain,e2e,steady,memory,sweep (sweep: batchkit's drain "
+                         "throughput per batch_size; not in the default run)")
     ap.add_argument("--sinks", default="redis,kafka")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--rate", type=int, default=20000, help="steady state rows/s")
@@ -711,6 +817,10 @@ def main():
     ap.add_argument("--peer-partitions", type=int, default=64,
                     help="partitions of the peers' topics (smaller payloads; kafka-python "
                          "slows down with the number of partitions)")
+    ap.add_argument("--sweep-sizes", default="100,500,1000,2000,5000,10000,20000",
+                    help="batch_size values of the sweep phase")
+    ap.add_argument("--sweep-rows", type=int, default=None,
+                    help="rows drained per sweep point (300,000; --quick: 20,000)")
     ap.add_argument("--verify", action="store_true",
                     help="also read every Redis stream entry back (Kafka is always read back)")
     ap.add_argument("--bk-options", default=None,
@@ -731,7 +841,8 @@ def main():
     info = benchlib.machine_info(b.conn)
     log(f"# {info['postgres'].split(' on ')[0]}; loadavg {info['loadavg_start']}; rows {n:,}, "
         f"reps {args.reps}, phases {phases}, sinks {sinks}")
-    b.setup(max(n, min(backlog, 1_000_000)))
+    sw_rows = args.sweep_rows or (20_000 if args.quick else 300_000)
+    b.setup(max(n, min(backlog, 1_000_000), sw_rows if "sweep" in phases else 0))
     result = {"benchmark": "flush", "machine": info,
               "params": dict(vars(args), rows=n, seconds=seconds, backlog=backlog,
                              argv=sys.argv[1:])}
@@ -795,6 +906,14 @@ def main():
                            f"{r[s]['rows_per_s']:,.0f} rows/s")
         table.add("worker VmHWM (process lifetime peak, incl. shared memory)",
                   r[sinks[-1]]["worker_status_after"].get("VmHWM", 0) / 2**20, "MB")
+    if "sweep" in phases:
+        sizes = [int(x) for x in args.sweep_sizes.split(",") if x]
+        r = b.sweep(sw_rows, sizes, sinks)
+        result["sweep"] = r
+        for p in r["points"]:
+            table.add(f"sweep: drain {sw_rows:,} rows -> {p['sink']}, batch_size {p['batch_size']:,}",
+                      p["rows_per_s"], "rows/s",
+                      note=f"worker CPU {p['worker_cpu_s'] or 0:.2f} s")
     result["table"] = table.as_json()
     result["machine"]["loadavg_end"] = benchlib.loadavg()
     result["seconds"] = time.perf_counter() - t_all

@@ -20,7 +20,10 @@ creates a Redis sink (xadd to s:{table}) and measures three things:
    per slice: both modes share the same minutes of machine noise.
 
     BK_PGBIN=... /usr/bin/python3 bench/metrics/run.py [--rows 1000000] [--reps 5] [--hz 10]
-        [--interleaved-rows 3000000] [--slice 2]
+        [--interleaved-rows 3000000] [--slice 2] [--out results.json]
+
+--out writes every drain, the medians, the ratios and the slices as JSON (what
+bench/report.py reads).
 """
 import argparse
 import json
@@ -229,7 +232,12 @@ def main():
                     help="seconds per on/off slice of the interleaved drain")
     ap.add_argument("--read", choices=sorted(READS), default="both",
                     help="what the reader runs (diagnostics; the target is about 'both')")
+    ap.add_argument("--out", help="write every measurement as JSON to this file")
     args = ap.parse_args()
+    t_all = time.monotonic()
+    out = {"benchmark": "metrics", "argv": sys.argv[1:], "rows": args.rows, "reps": args.reps,
+           "hz": args.hz, "read": args.read, "interleaved_rows": args.interleaved_rows,
+           "slice_s": args.slice, "loadavg_start": list(os.getloadavg())}
     started = load_env()
     dbname = f"bk_bench_metrics_{uuid.uuid4().hex[:6]}"
     admin = connect("postgres")
@@ -248,6 +256,8 @@ def main():
         drain(conn, r, sink, min(args.rows, 50_000), dbname, args.hz, False)
 
         backend, client = read_cost(conn, r, sink, args.rows, dbname, args.read)
+        out["read_cost"] = {"backend_cpu_s": backend, "client_cpu_s": client,
+                            "core_share_at_hz": args.hz * (backend + client)}
         print(f"read cost with {args.rows:,} rows queued: {1000 * backend:.2f} ms backend CPU + "
               f"{1000 * client:.2f} ms client CPU per read of {args.read} = "
               f"{100 * args.hz * (backend + client):.2f}% of one core at {args.hz:g}/s", flush=True)
@@ -264,6 +274,11 @@ def main():
                 mode = "readers" if with_readers else "quiet"
                 rate = args.rows / elapsed
                 results[mode].append(rate)
+                out.setdefault("drains", []).append(
+                    {"rep": rep, "mode": mode, "seconds": elapsed, "rows_per_s": rate,
+                     "reads": None if not reads else {"n": reads[0], "busy_s": reads[1],
+                                                      "wall_s": reads[2]},
+                     "loadavg1": os.getloadavg()[0]})
                 pair[mode] = rate
                 extra = ""
                 if reads:
@@ -278,6 +293,8 @@ def main():
             q = statistics.median(results["quiet"])
             w = statistics.median(results["readers"])
             print()
+            out.update(median_quiet=q, median_readers=w, ratio_of_medians=w / q,
+                       pair_ratios=pairs, median_pair_ratio=statistics.median(pairs))
             print(f"median quiet        {q:10,.0f} rows/s")
             print(f"median with readers {w:10,.0f} rows/s")
             print(f"ratio of medians (readers / quiet): {w / q:.4f}  ({100 * (w / q - 1):+.2f}%)")
@@ -294,6 +311,12 @@ def main():
             paired = [sl[i][1] / ((sl[i - 1][1] + sl[i + 1][1]) / 2)
                       for i in range(1, len(sl) - 1)
                       if sl[i][0] and not sl[i - 1][0] and not sl[i + 1][0]]
+            out["interleaved"] = {
+                "slices": [{"reading": reading, "rows_per_s": rate} for reading, rate in sl],
+                "median_quiet": statistics.median(off) if off else None,
+                "median_reading": statistics.median(on) if on else None,
+                "paired_ratios": paired,
+                "median_paired_ratio": statistics.median(paired) if paired else None}
             print(f"interleaved drain of {args.interleaved_rows:,} rows, reader {args.slice:g} s on / "
                   f"{args.slice:g} s off: {len(on)} reading and {len(off)} quiet slices")
             print(f"  median quiet slice   {statistics.median(off):10,.0f} rows/s")
@@ -305,6 +328,11 @@ def main():
             print("  slices (R = reading): " + " ".join(
                 f"{'R' if reading else 'q'}{rate / 1000:.0f}k" for reading, rate in sl))
         conn.close()
+        if args.out:
+            out["seconds"] = time.monotonic() - t_all
+            out["loadavg_end"] = list(os.getloadavg())
+            with open(args.out, "w") as f:
+                json.dump(out, f, indent=1)
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         admin.close()

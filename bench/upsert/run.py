@@ -31,6 +31,7 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -132,6 +133,8 @@ def main():
             print(f"{key:14} {label}")
         return 0
     d = tempfile.mkdtemp(prefix="bk-bench-upsert-")
+    # SIGTERM (e.g. from make bench being stopped) stops the cluster too, via finally
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     pg("init", d, free_port())
     pg("start", d)
     try:
@@ -315,8 +318,10 @@ def run(d, args):
     report(chosen, samples, m)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"rows": n, "row_by_row": m, "reps": args.reps, "samples": samples}, f,
-                      indent=1)
+            json.dump({"rows": n, "row_by_row": m, "reps": args.reps, "samples": samples,
+                       "methods": [{"key": k, "label": label, "side": side}
+                                   for k, label, side, _ in chosen],
+                       "postgres": conn.server_version, "argv": sys.argv[1:]}, f, indent=1)
     conn.close()
 
 
