@@ -49,9 +49,9 @@ BENCHES = [
      ["--rows", "1000000", "--reps", "1", "--row-by-row", "50000"],
      ["--rows", "50000", "--reps", "1", "--row-by-row", "5000"], "out", 3),
     ("capture", "bench/capture/run.py",
-     ["--reps", "1", "--sizes", "100000,1000000", "--pgbench-tx", "10000",
+     ["--reps", "3", "--sizes", "100000,1000000", "--pgbench-tx", "10000",
       "--storage-rows", "1000000"],
-     ["--quick"], "latest", 2.5),
+     ["--quick"], "latest", 5),
     ("flush", "bench/flush/run.py",
      ["--rows", "1000000", "--reps", "1", "--phases", "drain,e2e,steady,memory,sweep",
       "--seconds", "10", "--backlog", "1000000", "--sweep-rows", "300000",
@@ -59,8 +59,8 @@ BENCHES = [
      ["--quick", "--phases", "drain,e2e,steady,memory,sweep", "--sweep-rows", "20000"],
      "latest", 19),
     ("metrics", "bench/metrics/run.py",
-     ["--rows", "1000000", "--reps", "2", "--interleaved-rows", "0"],
-     ["--rows", "100000", "--reps", "1", "--interleaved-rows", "0"], "out", 3.5),
+     ["--rows", "1000000", "--reps", "4", "--interleaved-rows", "0"],
+     ["--rows", "100000", "--reps", "1", "--interleaved-rows", "0"], "out", 5),
 ]
 QUICK_MINUTES = {"upsert": 0.5, "capture": 1, "flush": 2.5, "metrics": 1}
 
