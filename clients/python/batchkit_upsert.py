@@ -21,7 +21,7 @@ string operations (map, str.join, str.replace), so no Python code runs per
 value of a str or int column (NULLs are found with list.index, so they cost
 Python code per NULL, not per value; int columns need no escaping); other
 types take a per-value path for their column only. At a million rows it costs
-about 1.2x an unescaped
+about 1.2-1.3x an unescaped
 f"{a}\\t{b}\\n" — which is not an option: a tab or newline in a value shifts
 columns or splits the row, a backslash is eaten, and None loads as 'None'.
 
