@@ -125,6 +125,8 @@ SELECT * FROM batchkit.batch_upsert_from('users', 'small_stage');
 SELECT * FROM batchkit.batch_upsert_from('users', 'perm_stage');
 SELECT relname, reltuples FROM pg_class
  WHERE oid IN ('big_stage'::regclass, 'small_stage'::regclass, 'perm_stage'::regclass) ORDER BY relname;
+-- only its key columns are analyzed, from a small sample
+SELECT attname, n_distinct FROM pg_stats WHERE tablename = 'big_stage' ORDER BY attname;
 SELECT count(*) AS bulk_rows, min(name), max(name) FROM users WHERE id > 1000;
 DELETE FROM users WHERE id > 1000 OR id IN (60, 61, 70);
 
