@@ -40,6 +40,7 @@ typedef struct BkWorkerSlot {
     char state[BK_STATE_LEN];  /* "starting", "idle", "flushing", ... */
     char sink[NAMEDATALEN];    /* sink being served, "" when none */
     Latch *latch;              /* the process's latch: set to wake it */
+    pg_atomic_uint32 reload_requested; /* a sink changed: re-read the catalog */
 } BkWorkerSlot;
 
 /*
@@ -117,6 +118,7 @@ extern void bk_slot_set_state(BkWorkerSlot *slot, const char *state, const char 
 extern BkSinkSlot *bk_sink_slot(Oid dboid, int32 sink_id, bool create);
 extern void bk_sink_slot_forget(Oid dboid, int32 sink_id);
 extern void bk_wake_database(Oid dboid);
+extern void bk_request_reload(Oid dboid);
 extern void bk_wake_worker_at_commit(void);
 
 /* queue.c */

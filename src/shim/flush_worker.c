@@ -1289,6 +1289,8 @@ batchkit_flush_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		if (my_slot && pg_atomic_exchange_u32(&my_slot->reload_requested, 0) != 0)
+			force_reload = true;	/* a sink was paused, resumed, altered, ... */
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_reload, now, 200) || last_reload == 0 || force_reload)
 		{

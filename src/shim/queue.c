@@ -58,6 +58,7 @@ typedef struct PendingCount
 
 static bool wake_launcher_at_commit = false;
 static bool wake_worker_at_commit = false;
+static bool reload_worker_at_commit = false;
 static PendingCount *pending = NULL;
 static int	npending = 0;
 static int	maxpending = 0;
@@ -676,9 +677,12 @@ xact_callback(XactEvent event, void *arg)
 					wake_worker_at_commit = true;
 			}
 			npending = 0;
-			if (wake_worker_at_commit && bk_shared != NULL)
+			if (reload_worker_at_commit && bk_shared != NULL)
+				bk_request_reload(MyDatabaseId);
+			else if (wake_worker_at_commit && bk_shared != NULL)
 				bk_wake_database(MyDatabaseId);
 			wake_worker_at_commit = false;
+			reload_worker_at_commit = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -686,6 +690,7 @@ xact_callback(XactEvent event, void *arg)
 			npending = 0;
 			wake_launcher_at_commit = false;
 			wake_worker_at_commit = false;
+			reload_worker_at_commit = false;
 			break;
 		default:
 			break;
@@ -720,10 +725,14 @@ bk_wake_launcher_at_commit(void)
 	wake_launcher_at_commit = true;
 }
 
-/* A catalog change (resume, alter, ...) wakes this database's flush worker at commit. */
+/*
+ * A catalog change (resume, alter, ...) makes this database's flush worker
+ * re-read the catalog at commit, so it takes effect at once, not at the next
+ * periodic reload.
+ */
 void
 bk_wake_worker_at_commit(void)
 {
 	bk_queue_init_backend();
-	wake_worker_at_commit = true;
+	reload_worker_at_commit = true;
 }

@@ -153,6 +153,7 @@ bk_slot_claim(char kind, Oid dboid)
         slot->last_activity = now;
         strlcpy(slot->state, "starting", BK_STATE_LEN);
         slot->latch = &MyProc->procLatch;
+        pg_atomic_init_u32(&slot->reload_requested, 0);
     }
     LWLockRelease(bk_shared->lock);
 
@@ -256,9 +257,24 @@ bk_sink_slot_forget(Oid dboid, int32 sink_id)
     LWLockRelease(bk_shared->lock);
 }
 
+static void wake_flush_worker(Oid dboid, bool reload);
+
 /* Set the latch of the flush worker serving a database (no-op when there is none). */
 void
 bk_wake_database(Oid dboid)
+{
+    wake_flush_worker(dboid, false);
+}
+
+/* Wake it and make it re-read the sink catalog at once (pause, resume, alter, ...). */
+void
+bk_request_reload(Oid dboid)
+{
+    wake_flush_worker(dboid, true);
+}
+
+static void
+wake_flush_worker(Oid dboid, bool reload)
 {
     Latch *latch = NULL;
 
@@ -271,6 +287,8 @@ bk_wake_database(Oid dboid)
 
         if (w->in_use && w->kind == BK_WORKER_KIND_FLUSH && w->dboid == dboid)
         {
+            if (reload)
+                pg_atomic_write_u32(&w->reload_requested, 1);
             latch = w->latch;
             break;
         }

@@ -217,6 +217,31 @@ def test_pause_and_resume(db, services, redis_client):
     assert redis_client.xlen(f"stream:{t}") == 100
 
 
+def test_resume_wakes_the_worker_at_once(db, services, redis_client):
+    """resume_sink() must not wait for the worker's next periodic wake-up (naptime)."""
+    t, sink = f"t_resume_{uid()}", f"resume_{uid()}"
+    redis_sink(db, services, sink, key=f"stream:{t}")
+    q(db, f"CREATE TABLE {t} (id int PRIMARY KEY)")
+    q(db, "SELECT batchkit.capture(%s::regclass, %s)", (t, sink))
+    q(db, "ALTER SYSTEM SET batchkit.naptime = '30s'")
+    q(db, "SELECT pg_reload_conf()")
+    try:
+        pause(db, sink, True)
+        q(db, f"INSERT INTO {t} SELECT generate_series(1, 100)")
+        time.sleep(1.5)                     # the worker went to sleep: nothing to send
+        assert redis_client.xlen(f"stream:{t}") == 0
+        t0 = time.monotonic()
+        pause(db, sink, False)
+        while redis_client.xlen(f"stream:{t}") < 100 and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        took = time.monotonic() - t0
+        assert redis_client.xlen(f"stream:{t}") == 100
+        assert took < 2.0, f"resume took {took:.2f} s to take effect"
+    finally:
+        q(db, "ALTER SYSTEM RESET batchkit.naptime")
+        q(db, "SELECT pg_reload_conf()")
+
+
 def pause(db, sink, paused):
     if q(db, "SELECT to_regprocedure('batchkit.pause_sink(text)') IS NOT NULL")[0][0]:
         q(db, f"SELECT batchkit.{'pause' if paused else 'resume'}_sink(%s)", (sink,))
