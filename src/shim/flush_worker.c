@@ -1172,6 +1172,7 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	bool		known = slot ? slot->depth_known : false;
 	int			saved_sync = synchronous_commit;
 	bool		interrupted = false;
+	bool		finish_first = false;
 
 	*wait_ms = -1;
 	if (s->paused || s->sink == NULL)
@@ -1333,8 +1334,19 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		return false;
 	}
 
-	/* start the new batch, then collect the outcome of the one before it */
-	if (claimed)
+	/*
+	 * Start the new batch, then collect the outcome of the one before it. Unless
+	 * the sink already refused part of that one when it was started (Kafka:
+	 * message too large): it is then retried, so its outcome is collected first
+	 * and the new batch waits, unsent, for its turn (started behind it, the new
+	 * batch would be delivered now and again after the retry).
+	 */
+	if (claimed && p->sent != NULL)
+	{
+		for (int k = 0; k < p->sent->nsend && !finish_first; k++)
+			finish_first = p->sent->sent[k].code == BK_SEND_REJECTED;
+	}
+	if (claimed && !finish_first)
 		start_flight(s, cur);
 	if (p->sent != NULL)
 	{
@@ -1356,7 +1368,7 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 			 * acknowledged before the failed one. Both stay in flight and are
 			 * replayed in order.
 			 */
-			if (claimed)
+			if (claimed && !finish_first)
 			{
 				p->sent = cur;
 				drop_in_flight(s, true);
@@ -1366,6 +1378,8 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 			return false;
 		}
 	}
+	if (claimed && finish_first)
+		start_flight(s, cur);
 	if (claimed)
 		p->sent = cur;
 	else if (!acked && p->done == NULL)
