@@ -229,8 +229,7 @@ TEST_F(KafkaSinkTest, TwoBatchesInFlightReportTheirOwnDeliveries) {
     bk_status st{};
     bk_send_summary sum;
     ASSERT_EQ(bk_sink_start_batch(s, &m[0], half, 1, &r[0], 30000, &st), BK_OK) << st.message;
-    ASSERT_EQ(bk_sink_start_batch(s, &m[half], half, 2, &r[half], 30000, &st), BK_OK)
-        << st.message;
+    ASSERT_EQ(bk_sink_start_batch(s, &m[half], half, 2, &r[half], 30000, &st), BK_OK) << st.message;
     EXPECT_EQ(bk_sink_in_flight(s), 2);
     ASSERT_EQ(bk_sink_finish_batch(s, 1, &sum, &st), BK_OK) << st.message;
     EXPECT_EQ(sum.ok, half);

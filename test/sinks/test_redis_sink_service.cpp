@@ -122,6 +122,23 @@ TEST_F(RedisSinkTest, XaddInRowFormatAlsoCarriesOpAndTable) {
     EXPECT_EQ(entries[1]["idempotency_key"], name_ + ":8");
 }
 
+TEST_F(RedisSinkTest, XaddWithoutIdempotencyFieldWritesDataOnly) {
+    bk_sink *s = open({{"command", "xadd"}, {"idempotency_field", "false"}});
+    ASSERT_NE(s, nullptr);
+    std::string key = unique("noid");
+    std::string v = "{\"seq\":5}";
+    std::vector<bk_message> m = {message(key, v, 5)};
+    std::vector<bk_send_result> r;
+    ASSERT_EQ(send(s, m, 1, r), BK_OK);
+    auto entries = xrange(*client_, key);
+    ASSERT_EQ(entries.size(), 1u);
+    EXPECT_EQ(entries[0].size(), 1u); // data only
+    EXPECT_EQ(entries[0]["data"], v);
+    // the fence still makes a replay a no-op
+    ASSERT_EQ(send(s, m, 1, r), BK_OK);
+    EXPECT_EQ(client_->integer({"XLEN", key}), 1);
+}
+
 TEST_F(RedisSinkTest, XaddMaxlenTrimsApproximately) {
     bk_sink *s = open({{"command", "xadd"}, {"maxlen", "10"}});
     ASSERT_NE(s, nullptr);

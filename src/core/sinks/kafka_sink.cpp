@@ -347,7 +347,8 @@ void KafkaSink::wait_for_reports(Batch &b) {
         // Not expected: librdkafka still holds messages. With copied payloads they
         // are its own memory; without, rebuild the producer to get them back.
         log_.push(3, "PURGE",
-                  std::to_string(b.outstanding) + " message(s) still in the producer after purging");
+                  std::to_string(b.outstanding) +
+                      " message(s) still in the producer after purging");
         if (!copy_payloads_) {
             destroy_producer(); // forgets every batch in flight (b too): all RETRYABLE
             create_producer();

@@ -54,7 +54,7 @@ class RedisSink final : public Sink {
         int64_t fence_before = -1;
     };
     void start(InFlight &b, const bk_message *msgs);
-    void complete(InFlight &b);                               // reads its replies
+    void complete(InFlight &b);                              // reads its replies
     void fail(InFlight &b, const std::string &why) noexcept; // RETRYABLE, done
     // Appends the command(s) of one message; returns how many, 0 when the message is
     // invalid (then *why says why).
@@ -68,7 +68,8 @@ class RedisSink final : public Sink {
 
     RedisEndpoint ep_;
     RedisCommand command_;
-    bool row_format_; // stream entries carry op and table themselves (no envelope)
+    bool row_format_;        // stream entries carry op and table themselves (no envelope)
+    bool idempotency_field_; // xadd: an idempotency_key field in every entry
     std::string default_key_;
     std::string fence_key_;
     int64_t maxlen_; // xadd MAXLEN ~ N; 0 = none

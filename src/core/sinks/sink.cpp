@@ -21,8 +21,8 @@ struct BkInFlight {
     int64_t seq;
     size_t n;
     bk_send_result *results;
-    uint64_t mark;   // message_mark() when it started: its result strings come later
-    bool failed;     // start threw: results say RETRYABLE, the sink does not know it
+    uint64_t mark; // message_mark() when it started: its result strings come later
+    bool failed;   // start threw: results say RETRYABLE, the sink does not know it
     int64_t fence_before;
 };
 
@@ -250,14 +250,15 @@ bk_code bk_sink_start_batch(bk_sink *sink, const bk_message *msgs, size_t n, int
         (results == nullptr && n != 0)) {
         if (results != nullptr)
             fill_all(results, n, BK_SEND_RETRYABLE, "invalid call: NULL sink or messages");
-        bk::set_status(st, BK_INVALID_ARGUMENT, "bk_sink_start_batch: NULL sink, messages or results");
+        bk::set_status(st, BK_INVALID_ARGUMENT,
+                       "bk_sink_start_batch: NULL sink, messages or results");
         return BK_INVALID_ARGUMENT;
     }
     if (sink->in_flight.size() >= BK_SINK_MAX_IN_FLIGHT ||
         (!sink->in_flight.empty() && batch_seq <= sink->in_flight.back().seq)) {
         fill_all(results, n, BK_SEND_RETRYABLE, "invalid call: not started");
         bk::set_status(st, BK_INVALID_ARGUMENT,
-                       "bk_sink_start_batch: too many batches in flight, or batch_seq not increasing");
+                       "bk_sink_start_batch: too many in flight, or batch_seq not increasing");
         return BK_INVALID_ARGUMENT;
     }
     bk::Sink &s = *sink->impl;
