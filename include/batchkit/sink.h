@@ -15,8 +15,11 @@
  *   - No callback into the shim ever runs: logs are pulled with bk_sink_next_log,
  *     so the shim may ereport freely between calls (no C++ frame is on the stack).
  *   - Memory passed in (options, messages) is only read during the call; nothing
- *     of it is kept after the call returns. Memory handed out (result messages)
- *     is owned by the sink and valid until the next call on the same sink.
+ *     of it is kept after the call returns - except for a batch started with
+ *     bk_sink_start_batch, whose messages and results are used until its
+ *     bk_sink_finish_batch returns. Memory handed out (result messages) is owned
+ *     by the sink and valid until the next call on the same sink (pipelined
+ *     batches: see bk_sink_start_batch).
  *   - Every function is noexcept: failures come back as a bk_code plus *st.
  *
  * Delivery semantics: see bk_sink_send_batch and docs/sinks-internals.md.
@@ -68,8 +71,9 @@ typedef struct bk_sink_option {
  */
 bk_sink *bk_sink_open(const char *kind, const bk_sink_option *opts, size_t nopts, bk_status *st);
 
-/* Close a sink: purges anything still queued in librdkafka (nothing is, between
- * send calls), destroys the producer/connection. NULL is a no-op. */
+/* Close a sink: purges anything still queued in librdkafka (batches started
+ * and not finished are abandoned: their results are not written again),
+ * destroys the producer/connection. NULL is a no-op. */
 void bk_sink_close(bk_sink *sink);
 
 /* Operation of a message. BK_OP_MESSAGE is an enqueue()d payload: no op header
@@ -188,8 +192,50 @@ bk_code bk_sink_send_batch(bk_sink *sink, const bk_message *msgs, size_t n, int6
                            bk_status *st);
 
 /*
+ * Pipelined delivery: bk_sink_send_batch split in two, so that the caller can
+ * prepare (claim, decode, encode) batch N+1 while the sink works on batch N.
+ *
+ * bk_sink_start_batch encodes and writes (Redis) / produces (Kafka) the batch
+ * and returns without waiting for the sink's acknowledgement of it;
+ * bk_sink_finish_batch waits for the replies / delivery reports of the OLDEST
+ * started batch (batch_seq must be that batch's) and fills its results and
+ * summary exactly as bk_sink_send_batch would. bk_sink_send_batch is start
+ * followed by finish.
+ *
+ * Rules:
+ *   - at most BK_SINK_MAX_IN_FLIGHT batches are started and not finished; batches
+ *     finish in the order they started; batch_seq strictly increases;
+ *   - msgs[] (and the memory it points to) and results[] must stay valid and
+ *     unchanged until the batch's finish returns: the sink writes results[]
+ *     during later start/finish calls and reads msgs[] at finish;
+ *   - timeout_ms counts from the start of the batch;
+ *   - result messages stay valid until the next start or finish call after the
+ *     batch's own finish;
+ *   - when a batch fails (any result RETRYABLE), every batch started after it
+ *     and not yet finished is unreliable in ORDER: Redis refuses to apply it (it
+ *     is DISCARDed, all RETRYABLE: applying it would move the fence past the
+ *     failed batch, whose replay would then be skipped); Kafka may have delivered
+ *     it. The caller must not acknowledge it before the failed batch, i.e. it
+ *     finishes it, keeps both unacknowledged and replays them in order.
+ * bk_sink_start_batch returns BK_OK when the batch was taken (its outcome,
+ * failures included, comes from bk_sink_finish_batch) or BK_INVALID_ARGUMENT
+ * for a misuse (NULL arguments, too many batches in flight; nothing started).
+ * bk_sink_finish_batch returns like bk_sink_send_batch; BK_INVALID_ARGUMENT
+ * when batch_seq is not the oldest started batch (nothing changes then).
+ * bk_sink_in_flight tells how many batches are started and not finished.
+ */
+#define BK_SINK_MAX_IN_FLIGHT 2
+
+bk_code bk_sink_start_batch(bk_sink *sink, const bk_message *msgs, size_t n, int64_t batch_seq,
+                            bk_send_result *results, int timeout_ms, bk_status *st);
+bk_code bk_sink_finish_batch(bk_sink *sink, int64_t batch_seq, bk_send_summary *summary,
+                             bk_status *st);
+int bk_sink_in_flight(const bk_sink *sink);
+
+/*
  * Check that the sink is reachable within timeout_ms: Kafka asks a broker for
- * metadata, Redis connects (if needed) and sends PING. BK_OK or BK_UNAVAILABLE.
+ * metadata, Redis connects (if needed) and sends PING. BK_OK or BK_UNAVAILABLE;
+ * BK_INVALID_ARGUMENT while a batch is in flight (probe between batches).
  */
 bk_code bk_sink_probe(bk_sink *sink, int timeout_ms, bk_status *st);
 
@@ -198,7 +244,7 @@ bk_code bk_sink_probe(bk_sink *sink, int timeout_ms, bk_status *st);
  * (0 when the key is absent). A worker starting a sink whose Redis data outlived
  * it (the sink was dropped and re-created under the same name) must continue its
  * batch_seq above this value, or every batch up to it is skipped as a replay.
- * Kafka: BK_INVALID_ARGUMENT.
+ * Kafka, or a batch in flight: BK_INVALID_ARGUMENT.
  */
 bk_code bk_sink_read_fence(bk_sink *sink, int64_t *fence, int timeout_ms, bk_status *st);
 

@@ -66,14 +66,80 @@ int4_array(Datum d, int *n)
 	return out;
 }
 
+/* Records a batch in flight holds in one chunk: [start, end), end -1 = to its end. */
+typedef struct HeldRange
+{
+	int64		chunk_id;
+	int32		end;
+} HeldRange;
+
+static int
+held_cmp(const void *a, const void *b)
+{
+	int64		x = ((const HeldRange *) a)->chunk_id;
+	int64		y = ((const HeldRange *) b)->chunk_id;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/* Where a fresh claim may start in a chunk: past every record a batch in flight holds. */
+static int32
+held_end(HeldRange *held, int nheld, int64 chunk_id, int32 nrec)
+{
+	int			lo = 0,
+				hi = nheld - 1;
+	int32		end = -2;		/* not held */
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (held[mid].chunk_id < chunk_id)
+			lo = mid + 1;
+		else if (held[mid].chunk_id > chunk_id)
+			hi = mid - 1;
+		else
+		{
+			/* the same chunk may be held by two batches (one per part): take the furthest */
+			for (int i = mid; i >= 0 && held[i].chunk_id == chunk_id; i--)
+				end = Max(end, held[i].end < 0 ? nrec : held[i].end);
+			for (int i = mid + 1; i < nheld && held[i].chunk_id == chunk_id; i++)
+				end = Max(end, held[i].end < 0 ? nrec : held[i].end);
+			break;
+		}
+	}
+	return end;
+}
+
+static void
+fill_batch(BkBatch *batch, HeapTuple t, TupleDesc d)
+{
+	bool		isnull;
+	int			n2;
+	Datum		le;
+
+	batch->replay = true;
+	batch->batch_seq = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+	batch->chunk_ids = int8_array(SPI_getbinval(t, d, 2, &isnull), &batch->nchunks);
+	batch->chunk_starts = int4_array(SPI_getbinval(t, d, 3, &isnull), &n2);
+	le = SPI_getbinval(t, d, 4, &isnull);
+	batch->last_end = isnull ? -1 : DatumGetInt32(le);
+	batch->nrecords = DatumGetInt32(SPI_getbinval(t, d, 5, &isnull));
+	if (n2 != batch->nchunks)
+		elog(ERROR, "batchkit: inflight batch " INT64_FORMAT " is inconsistent", batch->batch_seq);
+}
+
 /*
  * Every query here runs with read_only = false: SPI then makes the transaction's
  * own earlier changes visible (the worker acknowledges the previous batch and
  * claims the next in one transaction; a read-only query would still see the
  * acknowledged batch in flight and claim it again).
+ *
+ * after_seq: the caller already holds the in-flight batches up to this batch_seq
+ * (the flush worker's pipeline); 0: none (the SQL API, a restarted worker).
  */
 bool
-bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
+bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, int64 after_seq, BkBatch *batch)
 {
 	Datum		arg[1];
 	Oid			int4arg[1] = {INT4OID};
@@ -81,38 +147,51 @@ bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
 	bool		isnull;
 	Portal		portal;
 	int			cap = 16;
+	HeldRange  *held = NULL;
+	int			nheld = 0;
 
 	memset(batch, 0, sizeof(*batch));
 	batch->sink_id = sink_id;
 	batch->last_end = -1;
 	arg[0] = Int32GetDatum(sink_id);
 
-	/* 1. an unacknowledged batch is replayed first, unchanged */
+	/*
+	 * 1. an unacknowledged batch the caller does not hold is replayed first,
+	 * unchanged, lowest batch_seq first; the others' records are excluded from a
+	 * fresh claim.
+	 */
 	rc = SPI_execute_plan(bk_keep_plan(&plan_inflight,
 									"SELECT batch_seq, chunk_ids, chunk_starts, last_end, nrecords "
 									"FROM batchkit.inflight WHERE sink_id = $1 "
-									"ORDER BY batch_seq LIMIT 1", 1, int4arg),
-						  arg, NULL, false, 1);
+									"ORDER BY batch_seq", 1, int4arg),
+						  arg, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "batchkit: reading inflight batches failed");
-	if (SPI_processed == 1)
+	for (uint64 r = 0; r < SPI_processed; r++)
 	{
-		HeapTuple	t = SPI_tuptable->vals[0];
+		HeapTuple	t = SPI_tuptable->vals[r];
 		TupleDesc	d = SPI_tuptable->tupdesc;
-		int			n2;
-		Datum		le;
+		BkBatch		b;
 
-		batch->replay = true;
-		batch->batch_seq = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-		batch->chunk_ids = int8_array(SPI_getbinval(t, d, 2, &isnull), &batch->nchunks);
-		batch->chunk_starts = int4_array(SPI_getbinval(t, d, 3, &isnull), &n2);
-		le = SPI_getbinval(t, d, 4, &isnull);
-		batch->last_end = isnull ? -1 : DatumGetInt32(le);
-		batch->nrecords = DatumGetInt32(SPI_getbinval(t, d, 5, &isnull));
-		if (n2 != batch->nchunks)
-			elog(ERROR, "batchkit: inflight batch " INT64_FORMAT " is inconsistent", batch->batch_seq);
-		return true;
+		memset(&b, 0, sizeof(b));
+		b.sink_id = sink_id;
+		fill_batch(&b, t, d);
+		if (b.batch_seq > after_seq)
+		{
+			*batch = b;
+			return true;
+		}
+		held = held ? repalloc(held, sizeof(HeldRange) * (nheld + b.nchunks))
+			: palloc(sizeof(HeldRange) * Max(b.nchunks, 1));
+		for (int i = 0; i < b.nchunks; i++)
+		{
+			held[nheld].chunk_id = b.chunk_ids[i];
+			held[nheld].end = (i == b.nchunks - 1) ? b.last_end : -1;
+			nheld++;
+		}
 	}
+	if (nheld > 1)
+		qsort(held, nheld, sizeof(HeldRange), held_cmp);
 
 	/* 2. take the oldest chunks, in chunk_id order, up to the limits */
 	batch->chunk_ids = palloc(sizeof(int64) * cap);
@@ -139,9 +218,14 @@ bk_claim_batch(int32 sink_id, int64 max_rows, int64 max_bytes, BkBatch *batch)
 				int32		nrec = DatumGetInt32(SPI_getbinval(t, d, 2, &isnull));
 				int32		start = DatumGetInt32(SPI_getbinval(t, d, 3, &isnull));
 				int32		nbytes = DatumGetInt32(SPI_getbinval(t, d, 4, &isnull));
-				int64		avail = nrec - start;
-				int64		take = Min(avail, max_rows - batch->nrecords);
+				int64		avail;
+				int64		take;
 
+				/* records a batch in flight holds are not taken twice */
+				if (nheld > 0)
+					start = Max(start, held_end(held, nheld, chunk_id, nrec));
+				avail = nrec - start;
+				take = Min(avail, max_rows - batch->nrecords);
 				if (avail <= 0)
 					continue;
 				if (batch->nchunks == cap)
@@ -292,6 +376,16 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 	MemoryContext chunk_cxt = AllocSetContextCreate(CurrentMemoryContext, "batchkit decode",
 													ALLOCSET_DEFAULT_SIZES);
 	int			ci = 0;
+	StringInfoData keybuf;
+	StringInfoData valbuf;
+
+	/*
+	 * One key and one value buffer for the whole batch, reset per message: the
+	 * callback copies what it keeps, and a palloc/pfree pair of 1 kB buffers per
+	 * message (plus their growth) was a visible share of the drain's CPU.
+	 */
+	initStringInfo(&keybuf);
+	initStringInfo(&valbuf);
 
 	for (int i = 0; i < batch->nchunks; i++)
 		ids[i] = Int64GetDatum(batch->chunk_ids[i]);
@@ -373,8 +467,10 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 			m.source = source;
 			m.captured_at = captured;
 			m.reader = &reader;
-			initStringInfo(&m.key);
-			initStringInfo(&m.value);
+			resetStringInfo(&keybuf);
+			resetStringInfo(&valbuf);
+			m.key = keybuf;
+			m.value = valbuf;
 			if (reader.hdr->kind == BK_CHUNK_KIND_MESSAGES)
 			{
 				if (rec.key)
@@ -391,8 +487,8 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 			else
 				encode_row(&reader, &rec, &m, format, txid, ts, source_json);
 			cb(&m, arg);
-			pfree(m.key.data);
-			pfree(m.value.data);
+			keybuf = m.key;		/* keep what the buffers grew to */
+			valbuf = m.value;
 		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(chunk_cxt);
@@ -400,6 +496,8 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 	}
 	SPI_cursor_close(portal);
 	MemoryContextDelete(chunk_cxt);
+	pfree(keybuf.data);
+	pfree(valbuf.data);
 }
 
 int64
@@ -515,7 +613,7 @@ batchkit_claim_batch(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "batchkit: SPI_connect failed");
 	sink_id = bk_lookup_sink_id(sink, false);
-	if (bk_claim_batch(sink_id, max_rows, max_bytes, &batch))
+	if (bk_claim_batch(sink_id, max_rows, max_bytes, 0, &batch))
 	{
 		st.batch_seq = batch.batch_seq;
 		bk_batch_decode(&batch, format, emit_row, &st);

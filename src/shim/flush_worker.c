@@ -14,13 +14,25 @@
  *   - a send never waits longer than batchkit.send_timeout (then the batch is
  *     retried later), and linger (max_wait_ms) is a per-sink deadline, not a sleep.
  *
- * Per sink and batch (see consume.h for the queue protocol):
- *   tx 1: claim (or replay) a batch, decode it to messages, commit;
- *   no transaction: send (the worker holds no snapshot during network I/O);
- *   tx 2: dead-letter what the sink refused for good, acknowledge, commit.
- * A crash between send and acknowledgement replays the same batch with the
- * same batch_seq: Kafka may see duplicates (same idempotency key), Redis skips
- * it by its fence: effectively once.
+ * Per sink, a pipeline of depth two (see consume.h for the queue protocol and
+ * bk_sink_start_batch in batchkit/sink.h for the sink's side). Each round:
+ *   one tx: dead-letter what the sink refused for good and acknowledge batch
+ *           N-1 (delivered in the previous round), claim (or replay) batch N+1,
+ *           decode it to messages, commit;
+ *   no tx:  start N+1 (encode, write / produce) while the sink still works on N,
+ *           then finish N (wait for its replies / delivery reports); N is
+ *           acknowledged with the next claim. The worker holds no snapshot
+ *           during network I/O.
+ * So Redis executing N (librdkafka delivering N) overlaps the worker's
+ * acknowledging, claiming, decoding and encoding: they no longer take turns.
+ * Up to two batches per sink are in batchkit.inflight. A crash replays them with
+ * their batch_seq, lowest first: Kafka may see duplicates (same idempotency
+ * key), Redis skips what it applied by its fence: effectively once. A failure
+ * of N drops the pipeline: N+1 is finished but not acknowledged, both stay in
+ * flight and are replayed in order (Redis refuses to apply N+1 after a failed N,
+ * or its fence would skip N's replay). Acknowledgements follow batch_seq order.
+ * Memory: three batch contexts per sink (claiming, in flight, awaiting its
+ * acknowledgement), reset and reused round after round.
  *
  * Errors: each sink's round runs under PG_TRY; a Postgres error aborts the
  * transaction, is recorded as the sink's last error and puts it in backoff; the
@@ -100,7 +112,7 @@ typedef struct SinkRuntime
 	uint32		failures;		/* consecutive failed deliveries */
 	TimestampTz retry_at;
 	TimestampTz last_claim;		/* last time a claim was tried */
-	struct Delivered *pending;	/* delivered, acknowledged with the next claim */
+	struct Pipeline *pending;	/* batches in flight / awaiting acknowledgement */
 	int64		reject_batch;	/* batch whose rejections are being retried */
 	uint32		reject_attempts;
 	TemplateEntry templates[BK_TEMPLATE_CACHE];
@@ -203,9 +215,13 @@ opt_str(bk_sink_option *opts, int n, const char *key, const char *dflt)
 	return dflt;
 }
 
+static void drop_in_flight(SinkRuntime *s, bool finish);
+
 static void
 close_sink(SinkRuntime *s)
 {
+	/* a batch in flight is abandoned: it stays in batchkit.inflight and is replayed */
+	drop_in_flight(s, false);
 	if (s->sink)
 		bk_sink_close(s->sink);
 	s->sink = NULL;
@@ -841,49 +857,118 @@ fail_sink(SinkRuntime *s, const char *msg, uint64 rows)
 	stats_error(s, msg, rows);
 }
 
-/* A delivered batch whose acknowledgement rides with the next claim. */
-typedef struct Delivered
+/*
+ * A batch of the pipeline: claimed and decoded, then started (handed to the
+ * sink), finished (the sink's outcome is in) and, when delivered, acknowledged
+ * with the next claim. Everything of it lives in its own memory context, which
+ * the sink reads (messages) and writes (results) until the batch is finished.
+ */
+typedef struct Flight
 {
-	bool		valid;
 	BkBatch		batch;
 	BatchBuild	build;
-	bk_send_result *results;
+	bk_message *tosend;			/* what went to the sink: oversized messages left out */
+	bk_send_result *sent;		/* the sink's results, per tosend */
+	int		   *map;			/* tosend index -> build.msgs index */
+	int			nsend;
+	size_t		oversize;
+	bk_send_result *results;	/* per build.msgs */
 	uint64		bytes;
+	TimestampTz t0;
 	double		seconds;
-	MemoryContext cxt;			/* which of cxts holds it */
-	MemoryContext cxts[2];		/* a sink's two batch contexts: one delivered, one being built */
-} Delivered;
+	MemoryContext cxt;
+} Flight;
+
+/*
+ * A sink's pipeline: at most one batch started and not finished (sent), one
+ * finished and delivered awaiting its acknowledgement (done), and the one being
+ * claimed: three batch contexts, reused round after round.
+ */
+typedef struct Pipeline
+{
+	Flight	   *sent;
+	Flight	   *done;
+	Flight		slots[3];
+} Pipeline;
 
 static void
 free_pending(SinkRuntime *s)
 {
 	if (s->pending == NULL)
 		return;
-	MemoryContextDelete(s->pending->cxts[0]);
-	MemoryContextDelete(s->pending->cxts[1]);
+	for (int i = 0; i < 3; i++)
+		MemoryContextDelete(s->pending->slots[i].cxt);
 	pfree(s->pending);
 	s->pending = NULL;
 }
 
-static Delivered *
-delivered_of(SinkRuntime *s)
+static Pipeline *
+pipeline_of(SinkRuntime *s)
 {
 	if (s->pending == NULL)
 	{
-		Delivered  *d = MemoryContextAllocZero(TopMemoryContext, sizeof(Delivered));
+		Pipeline   *p = MemoryContextAllocZero(TopMemoryContext, sizeof(Pipeline));
 
-		d->cxts[0] = AllocSetContextCreate(TopMemoryContext, "batchkit batch",
-										   ALLOCSET_DEFAULT_SIZES);
-		d->cxts[1] = AllocSetContextCreate(TopMemoryContext, "batchkit batch",
-										   ALLOCSET_DEFAULT_SIZES);
-		s->pending = d;
+		for (int i = 0; i < 3; i++)
+			p->slots[i].cxt = AllocSetContextCreate(TopMemoryContext, "batchkit batch",
+													ALLOCSET_DEFAULT_SIZES);
+		s->pending = p;
 	}
 	return s->pending;
 }
 
+/* A slot neither in flight nor awaiting its acknowledgement, reset for a new batch. */
+static Flight *
+free_flight(Pipeline *p)
+{
+	for (int i = 0; i < 3; i++)
+	{
+		Flight	   *f = &p->slots[i];
+
+		if (f != p->sent && f != p->done)
+		{
+			MemoryContext cxt = f->cxt;
+
+			MemoryContextReset(cxt);
+			memset(f, 0, sizeof(*f));
+			f->cxt = cxt;
+			return f;
+		}
+	}
+	elog(ERROR, "batchkit: no free batch slot");	/* not reached */
+	return NULL;
+}
+
+/* Rows of the sink's batches the worker holds (in flight or awaiting acknowledgement). */
+static int64
+pipeline_rows(Pipeline *p)
+{
+	return (p->sent ? p->sent->build.nmsgs : 0) + (p->done ? p->done->build.nmsgs : 0);
+}
+
+/*
+ * Forget the batch in flight without acknowledging it: it stays in
+ * batchkit.inflight and is replayed, in batch_seq order, by a later claim.
+ * finish: collect its outcome from the sink first (the sink stops using its
+ * memory); false when the sink is closed or being reopened (close abandons it).
+ */
+static void
+drop_in_flight(SinkRuntime *s, bool finish)
+{
+	Pipeline   *p = s->pending;
+	bk_send_summary summary;
+	bk_status	st;
+
+	if (p == NULL || p->sent == NULL)
+		return;
+	if (finish && s->sink != NULL && p->sent->nsend > 0)
+		(void) bk_sink_finish_batch(s->sink, p->sent->batch.batch_seq, &summary, &st);
+	p->sent = NULL;
+}
+
 /* Stats and logs of an acknowledged batch (after its transaction committed). */
 static void
-finish_delivered(SinkRuntime *s, Delivered *d, uint64 dead)
+finish_delivered(SinkRuntime *s, Flight *d, uint64 dead)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	double	   *lags = MemoryContextAlloc(d->cxt, sizeof(double) * Max(d->build.nmsgs, 1));
@@ -895,18 +980,178 @@ finish_delivered(SinkRuntime *s, Delivered *d, uint64 dead)
 		ereport(WARNING,
 				(errmsg("batchkit sink \"%s\": %llu messages moved to batchkit.dead_letters",
 						s->name, (unsigned long long) dead)));
-	d->valid = false;
 }
 
 /*
- * One round for one sink: in ONE transaction, acknowledge the batch delivered
- * in the previous round (dead-lettering what the sink refused) and claim and
- * decode the next one; commit; then send it, without a transaction open.
- * Riding the acknowledgement on the next claim halves the commits per batch.
+ * Build the core's message array of a claimed batch (pointers into its arena)
+ * and hand it to the sink. A message larger than max_message_bytes is refused
+ * before sending: a server that drops the connection on it (Redis past
+ * proto-max-bulk-len) would otherwise look like an outage and block the sink
+ * forever.
+ */
+static void
+start_flight(SinkRuntime *s, Flight *f)
+{
+	BatchBuild *b = &f->build;
+	MemoryContext old = MemoryContextSwitchTo(f->cxt);
+	bk_message *msgs = palloc0(sizeof(bk_message) * Max(b->nmsgs, 1));
+	bk_field   *fields = palloc0(sizeof(bk_field) * Max(b->nfields, 1));
+	bk_status	st;
+
+	f->results = palloc0(sizeof(bk_send_result) * Max(b->nmsgs, 1));
+	f->map = palloc(sizeof(int) * Max(b->nmsgs, 1));
+	f->tosend = palloc(sizeof(bk_message) * Max(b->nmsgs, 1));
+	f->sent = palloc0(sizeof(bk_send_result) * Max(b->nmsgs, 1));
+	for (int i = 0; i < b->nfields; i++)
+	{
+		fields[i].name = b->arena.data + b->fields[i].name_off;
+		fields[i].name_len = b->fields[i].name_len;
+		fields[i].value = b->fields[i].isnull ? NULL : b->arena.data + b->fields[i].val_off;
+		fields[i].value_len = b->fields[i].isnull ? 0 : b->fields[i].val_len;
+	}
+	for (int i = 0; i < b->nmsgs; i++)
+	{
+		PendingMsg *p = &b->msgs[i];
+		bk_message *m = &msgs[i];
+
+		m->op = p->op;
+		m->seq = p->seq;
+		if (p->has_target)
+		{
+			m->target = b->arena.data + p->tgt_off;
+			m->target_len = p->tgt_len;
+		}
+		if (p->has_key)
+		{
+			m->key = b->arena.data + p->key_off;
+			m->key_len = p->key_len;
+		}
+		m->value = b->arena.data + p->val_off;
+		m->value_len = p->val_len;
+		if (p->has_source)
+		{
+			m->table = b->arena.data + p->src_off;
+			m->table_len = p->src_len;
+		}
+		if (p->nfields > 0)
+		{
+			m->fields = &fields[p->field_first];
+			m->nfields = p->nfields;
+		}
+		if (p->nheaders > 0)
+		{
+			m->headers = &fields[p->header_first];
+			m->nheaders = p->nheaders;
+		}
+		f->bytes += p->val_len + p->key_len;
+		if ((int64) (m->value_len + m->key_len) > s->max_message_bytes)
+		{
+			f->results[i].code = BK_SEND_REJECTED;
+			f->results[i].message = psprintf("message of %zu bytes exceeds max_message_bytes (%lld)",
+											 m->value_len + m->key_len,
+											 (long long) s->max_message_bytes);
+			f->oversize++;
+			continue;
+		}
+		f->map[f->nsend] = i;
+		f->tosend[f->nsend++] = *m;
+	}
+	MemoryContextSwitchTo(old);
+
+	bk_slot_set_state(my_slot, "sending", s->name);
+	f->t0 = GetCurrentTimestamp();
+	if (f->nsend > 0 &&
+		bk_sink_start_batch(s->sink, f->tosend, f->nsend, f->batch.batch_seq, f->sent,
+							s->send_timeout_ms, &st) != BK_OK)
+	{
+		/* a misuse of the pipeline (not expected): nothing started */
+		f->nsend = 0;
+		elog(ERROR, "batchkit sink \"%s\": starting batch " INT64_FORMAT " failed: %s",
+			 s->name, f->batch.batch_seq, st.message);
+	}
+}
+
+/*
+ * Wait for the sink's outcome of a started batch and decide: true when it is
+ * delivered (acknowledge it with the next claim), false when it stays in flight
+ * to be replayed (the sink is then put in backoff). *interrupted: the send gave
+ * way to an interrupt.
+ */
+static bool
+finish_flight(SinkRuntime *s, Flight *f, bool *interrupted)
+{
+	bk_send_summary summary;
+	bk_status	st;
+
+	memset(&summary, 0, sizeof(summary));
+	memset(&st, 0, sizeof(st));
+	*interrupted = false;
+	if (f->nsend > 0)
+		(void) bk_sink_finish_batch(s->sink, f->batch.batch_seq, &summary, &st);
+	for (int k = 0; k < f->nsend; k++)
+	{
+		f->results[f->map[k]] = f->sent[k];
+		if (f->sent[k].message)
+			f->results[f->map[k]].message = MemoryContextStrdup(f->cxt, f->sent[k].message);
+	}
+	if (f->oversize > 0 && summary.retryable == 0 && summary.rejected == 0)
+		snprintf(st.message, sizeof(st.message), "%zu message(s) exceed max_message_bytes",
+				 f->oversize);
+	f->seconds = (double) (GetCurrentTimestamp() - f->t0) / 1000000.0;
+	drain_sink_logs(s);
+
+	if (summary.retryable > 0 && InterruptPending)
+	{
+		/* the send gave way to an interrupt: not the sink's fault; replayed later */
+		*interrupted = true;
+		return false;
+	}
+	if (summary.retryable > 0)
+	{
+		/* the sink (or the network) failed: the batch stays in flight and is replayed */
+		fail_sink(s, st.message, summary.retryable);
+		ereport(LOG,
+				(errmsg("batchkit sink \"%s\": delivery of batch " INT64_FORMAT " failed, will retry: %s",
+						s->name, f->batch.batch_seq, st.message)));
+		return false;
+	}
+	if (summary.rejected > 0 && !s->is_redis)
+	{
+		/* Kafka: retry the whole batch (duplicates keep their idempotency key) until max_attempts */
+		if (s->reject_batch != f->batch.batch_seq)
+		{
+			s->reject_batch = f->batch.batch_seq;
+			s->reject_attempts = 0;
+		}
+		s->reject_attempts++;
+		if (s->reject_attempts < Max(s->retry.max_attempts, 1))
+		{
+			fail_sink(s, st.message, summary.rejected);
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * One round for one sink, a pipeline of depth two. In ONE transaction:
+ * acknowledge the batch delivered before (dead-lettering what the sink refused)
+ * and claim and decode the next one; commit. Then, without a transaction open:
+ * start the new batch (encode, write/produce) and only then wait for the sink's
+ * outcome of the batch started in the previous round. So while Redis executes
+ * batch N (or librdkafka delivers it), the worker acknowledges N-1, claims and
+ * decodes N+1 and writes it. Riding the acknowledgement on the next claim halves
+ * the commits per batch.
+ *
  * For Kafka the transaction commits asynchronously (no WAL flush wait): losing
  * it in a crash only re-sends batches, which at-least-once allows. Redis needs
  * a durable claim (its fence relies on a batch keeping its sequence number), so
  * its transaction commits synchronously.
+ *
+ * Failures drop the pipeline: when the batch in flight fails, the one started
+ * after it is finished too but not acknowledged; both stay in batchkit.inflight
+ * and are replayed in batch_seq order (Redis refuses to apply the later one, see
+ * bk_sink_start_batch). Acknowledgements therefore always follow batch_seq order.
  *
  * Returns true when it did something (the caller loops again at once) and sets
  * *wait_ms to when this sink next needs attention.
@@ -914,25 +1159,20 @@ finish_delivered(SinkRuntime *s, Delivered *d, uint64 dead)
 static bool
 deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 {
-	Delivered  *prev = delivered_of(s);
-	BkBatch		batch;
-	BatchBuild	b;
+	Pipeline   *p = pipeline_of(s);
+	Flight	   *prev = p->done;
+	Flight	   *cur = NULL;
 	bool		can_claim = true;
 	bool		claimed = false;
 	bool		acked = false;
 	uint64		dead = 0;
-	bk_message *msgs;
-	bk_send_result *results;
-	bk_send_summary summary;
 	bk_status	st;
-	TimestampTz t0;
-	MemoryContext cxt;
-	MemoryContext old;
 	BkSinkSlot *slot = stats_slot(s);
 	uint64		depth = slot ? pg_atomic_read_u64(&slot->queued) : 1;
 	bool		known = slot ? slot->depth_known : false;
-	uint64		bytes = 0;
 	int			saved_sync = synchronous_commit;
+	bool		interrupted = false;
+	bool		finish_first = false;
 
 	*wait_ms = -1;
 	if (s->paused || s->sink == NULL)
@@ -946,7 +1186,7 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		*wait_ms = secs * 1000 + usecs / 1000 + 1;
 		can_claim = false;
 	}
-	else if (known && (int64) depth - (prev->valid ? prev->build.nmsgs : 0) <= 0 && !force &&
+	else if (known && (int64) depth - pipeline_rows(p) <= 0 && !force &&
 			 !TimestampDifferenceExceeds(s->last_claim, GetCurrentTimestamp(), bk_naptime_ms))
 	{
 		/*
@@ -956,8 +1196,8 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		 */
 		can_claim = false;
 	}
-	else if (!force && !prev->valid && s->limits.max_wait_ms > 0 && known &&
-			 depth < s->limits.batch_size)
+	else if (!force && p->done == NULL && p->sent == NULL && s->limits.max_wait_ms > 0 &&
+			 known && depth < s->limits.batch_size)
 	{
 		/* linger: a partial batch waits until its oldest row is max_wait_ms old */
 		int			r;
@@ -991,7 +1231,7 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		CommitTransactionCommand();
 	}
 
-	if (can_claim && s->failing)
+	if (can_claim && s->failing && p->sent == NULL)
 	{
 		if (bk_sink_probe(s->sink, BK_PROBE_TIMEOUT_MS, &st) != BK_OK)
 		{
@@ -1002,23 +1242,52 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		}
 		drain_sink_logs(s);
 	}
-	if (!can_claim && !prev->valid)
+
+	/*
+	 * Nothing new to claim but a batch in flight: collect its outcome now, so
+	 * that it is acknowledged in this round (pause, alter and flush() wait for it).
+	 */
+	if (!can_claim && p->sent != NULL && p->done == NULL)
+	{
+		Flight	   *f = p->sent;
+
+		p->sent = NULL;
+		bk_slot_set_state(my_slot, "sending", s->name);
+		if (finish_flight(s, f, &interrupted))
+		{
+			p->done = prev = f;
+			s->failing = false;
+			s->failures = 0;
+			s->reject_batch = 0;
+		}
+		else if (interrupted)
+		{
+			CHECK_FOR_INTERRUPTS();
+			return false;
+		}
+		else
+			return false;
+	}
+	if (!can_claim && prev == NULL)
 		return false;
 
-	/* one transaction: acknowledge the previous batch, claim and decode the next */
-	cxt = (prev->valid && prev->cxt == prev->cxts[0]) ? prev->cxts[1] : prev->cxts[0];
-	MemoryContextReset(cxt);
-	old = MemoryContextSwitchTo(cxt);
-	memset(&b, 0, sizeof(b));
-	b.sink = s;
-	initStringInfo(&b.arena);
-	MemoryContextSwitchTo(old);
+	/* one transaction: acknowledge the delivered batch, claim and decode the next */
+	if (can_claim)
+	{
+		MemoryContext old;
+
+		cur = free_flight(p);
+		old = MemoryContextSwitchTo(cur->cxt);
+		cur->build.sink = s;
+		initStringInfo(&cur->build.arena);
+		MemoryContextSwitchTo(old);
+	}
 
 	bk_slot_set_state(my_slot, "claiming", s->name);
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (prev->valid)
+	if (prev != NULL)
 	{
 		bk_slot_set_state(my_slot, "acknowledging", s->name);
 		dead_letter_and_ack(s, &prev->batch, &prev->build, prev->results, &dead);
@@ -1030,16 +1299,19 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 			force_reload = true;	/* paused or altered: reload before sending anything */
 		else
 		{
+			MemoryContext old;
+
 			s->last_claim = GetCurrentTimestamp();
-			batch_cxt = cxt;	/* collect_message allocates here */
-			old = MemoryContextSwitchTo(cxt);
+			batch_cxt = cur->cxt;	/* collect_message allocates here */
+			old = MemoryContextSwitchTo(cur->cxt);
 			claimed = bk_claim_batch(s->sink_id,
 									 s->limits.batch_size ? s->limits.batch_size : PG_INT32_MAX,
 									 s->limits.max_batch_bytes ?
 									 (int64) s->limits.max_batch_bytes : PG_INT64_MAX,
-									 &batch);
+									 p->sent ? p->sent->batch.batch_seq : 0,
+									 &cur->batch);
 			if (claimed)
-				bk_batch_decode(&batch, s->format, collect_message, &b);
+				bk_batch_decode(&cur->batch, s->format, collect_message, &cur->build);
 			MemoryContextSwitchTo(old);
 		}
 	}
@@ -1050,160 +1322,71 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	CommitTransactionCommand();
 	synchronous_commit = saved_sync;
 	if (acked)
-		finish_delivered(s, prev, dead);
-	if (!claimed)
 	{
-		if (!acked)
-			stats_state(s, s->paused ? "paused" : "idle");
-		return acked;
+		finish_delivered(s, prev, dead);
+		p->done = NULL;
 	}
-	if (b.error[0])
+	if (claimed && cur->build.error[0])
 	{
 		/* a configuration error (bad template): nothing can be sent until it is fixed */
-		fail_sink(s, b.error, b.nmsgs);
+		drop_in_flight(s, true);
+		fail_sink(s, cur->build.error, cur->build.nmsgs);
 		return false;
 	}
-
-	/* build the core's message array (pointers into the arena, now stable) */
-	old = MemoryContextSwitchTo(cxt);
-	msgs = palloc0(sizeof(bk_message) * Max(b.nmsgs, 1));
-	results = palloc0(sizeof(bk_send_result) * Max(b.nmsgs, 1));
-	{
-		bk_field   *fields = palloc0(sizeof(bk_field) * Max(b.nfields, 1));
-
-		for (int i = 0; i < b.nfields; i++)
-		{
-			fields[i].name = b.arena.data + b.fields[i].name_off;
-			fields[i].name_len = b.fields[i].name_len;
-			fields[i].value = b.fields[i].isnull ? NULL : b.arena.data + b.fields[i].val_off;
-			fields[i].value_len = b.fields[i].isnull ? 0 : b.fields[i].val_len;
-		}
-		for (int i = 0; i < b.nmsgs; i++)
-		{
-			PendingMsg *p = &b.msgs[i];
-			bk_message *m = &msgs[i];
-
-			m->op = p->op;
-			m->seq = p->seq;
-			if (p->has_target)
-			{
-				m->target = b.arena.data + p->tgt_off;
-				m->target_len = p->tgt_len;
-			}
-			if (p->has_key)
-			{
-				m->key = b.arena.data + p->key_off;
-				m->key_len = p->key_len;
-			}
-			m->value = b.arena.data + p->val_off;
-			m->value_len = p->val_len;
-			if (p->has_source)
-			{
-				m->table = b.arena.data + p->src_off;
-				m->table_len = p->src_len;
-			}
-			if (p->nfields > 0)
-			{
-				m->fields = &fields[p->field_first];
-				m->nfields = p->nfields;
-			}
-			if (p->nheaders > 0)
-			{
-				m->headers = &fields[p->header_first];
-				m->nheaders = p->nheaders;
-			}
-			bytes += p->val_len + p->key_len;
-		}
-	}
-	MemoryContextSwitchTo(old);
 
 	/*
-	 * A message larger than max_message_bytes is refused before sending: a server
-	 * that drops the connection on it (Redis past proto-max-bulk-len) would
-	 * otherwise look like an outage and block the sink forever.
+	 * Start the new batch, then collect the outcome of the one before it. Unless
+	 * the sink already refused part of that one when it was started (Kafka:
+	 * message too large): it is then retried, so its outcome is collected first
+	 * and the new batch waits, unsent, for its turn (started behind it, the new
+	 * batch would be delivered now and again after the retry).
 	 */
+	if (claimed && p->sent != NULL)
 	{
-		int			nsend = 0;
-		int		   *map = palloc(sizeof(int) * Max(b.nmsgs, 1));
-		bk_message *tosend = MemoryContextAlloc(cxt, sizeof(bk_message) * Max(b.nmsgs, 1));
-		bk_send_result *sent = MemoryContextAllocZero(cxt, sizeof(bk_send_result) * Max(b.nmsgs, 1));
-		size_t		oversize = 0;
+		for (int k = 0; k < p->sent->nsend && !finish_first; k++)
+			finish_first = p->sent->sent[k].code == BK_SEND_REJECTED;
+	}
+	if (claimed && !finish_first)
+		start_flight(s, cur);
+	if (p->sent != NULL)
+	{
+		Flight	   *f = p->sent;
 
-		for (int i = 0; i < b.nmsgs; i++)
-		{
-			if ((int64) (msgs[i].value_len + msgs[i].key_len) > s->max_message_bytes)
-			{
-				results[i].code = BK_SEND_REJECTED;
-				results[i].message = MemoryContextStrdup(cxt,
-														 psprintf("message of %zu bytes exceeds max_message_bytes (%lld)",
-																  msgs[i].value_len + msgs[i].key_len,
-																  (long long) s->max_message_bytes));
-				oversize++;
-				continue;
-			}
-			map[nsend] = i;
-			tosend[nsend++] = msgs[i];
-		}
+		p->sent = NULL;
 		bk_slot_set_state(my_slot, "sending", s->name);
-		t0 = GetCurrentTimestamp();
-		memset(&summary, 0, sizeof(summary));
-		if (nsend > 0)
-			(void) bk_sink_send_batch(s->sink, tosend, nsend, batch.batch_seq, sent,
-									  s->send_timeout_ms, &summary, &st);
-		for (int k = 0; k < nsend; k++)
+		if (finish_flight(s, f, &interrupted))
 		{
-			results[map[k]] = sent[k];
-			if (sent[k].message)
-				results[map[k]].message = MemoryContextStrdup(cxt, sent[k].message);
+			p->done = f;
+			s->failing = false;
+			s->failures = 0;
+			s->reject_batch = 0;
 		}
-		if (oversize > 0 && summary.retryable == 0 && summary.rejected == 0)
-			snprintf(st.message, sizeof(st.message), "%zu message(s) exceed max_message_bytes",
-					 oversize);
-	}
-	drain_sink_logs(s);
-
-	if (summary.retryable > 0 && InterruptPending)
-	{
-		/* the send gave way to an interrupt: not the sink's fault; replayed later */
-		CHECK_FOR_INTERRUPTS();
-		return false;
-	}
-	if (summary.retryable > 0)
-	{
-		/* the sink (or the network) failed: the batch stays in flight and is replayed */
-		fail_sink(s, st.message, summary.retryable);
-		ereport(LOG,
-				(errmsg("batchkit sink \"%s\": delivery of batch " INT64_FORMAT " failed, will retry: %s",
-						s->name, batch.batch_seq, st.message)));
-		return false;
-	}
-	if (summary.rejected > 0 && !s->is_redis)
-	{
-		/* Kafka: retry the whole batch (duplicates keep their idempotency key) until max_attempts */
-		if (s->reject_batch != batch.batch_seq)
+		else
 		{
-			s->reject_batch = batch.batch_seq;
-			s->reject_attempts = 0;
-		}
-		s->reject_attempts++;
-		if (s->reject_attempts < Max(s->retry.max_attempts, 1))
-		{
-			fail_sink(s, st.message, summary.rejected);
+			/*
+			 * The pipeline is dropped: the batch just started must not be
+			 * acknowledged before the failed one. Both stay in flight and are
+			 * replayed in order.
+			 */
+			if (claimed && !finish_first)
+			{
+				p->sent = cur;
+				drop_in_flight(s, true);
+			}
+			if (interrupted)
+				CHECK_FOR_INTERRUPTS();
 			return false;
 		}
 	}
-
-	/* delivered: acknowledged with the next claim (at once when nothing else waits) */
-	prev->valid = true;
-	prev->batch = batch;
-	prev->build = b;
-	prev->results = results;
-	prev->bytes = bytes;
-	prev->seconds = (double) (GetCurrentTimestamp() - t0) / 1000000.0;
-	prev->cxt = cxt;
-	s->failing = false;
-	s->failures = 0;
-	s->reject_batch = 0;
+	if (claimed && finish_first)
+		start_flight(s, cur);
+	if (claimed)
+		p->sent = cur;
+	else if (!acked && p->done == NULL)
+	{
+		stats_state(s, s->paused ? "paused" : "idle");
+		return false;
+	}
 	return true;
 }
 
@@ -1344,6 +1527,8 @@ batchkit_flush_worker_main(Datum main_arg)
 				edata = CopyErrorData();
 				FlushErrorState();
 				AbortCurrentTransaction();
+				/* the batch in flight is replayed, in order, after the backoff */
+				drop_in_flight(s, true);
 				fail_sink(s, edata->message, 0);
 				ereport(WARNING,
 						(errmsg("batchkit sink \"%s\": %s", s->name, edata->message)));

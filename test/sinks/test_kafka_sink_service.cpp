@@ -212,6 +212,38 @@ TEST_F(KafkaSinkTest, OversizedMessageIsRejectedOthersDelivered) {
     EXPECT_EQ(sum.rejected, 1u);
 }
 
+// Two batches in flight: each finish reports its own batch's deliveries (the
+// reports are routed by generation), and everything arrives once.
+TEST_F(KafkaSinkTest, TwoBatchesInFlightReportTheirOwnDeliveries) {
+    bk_sink *s = open({});
+    ASSERT_NE(s, nullptr);
+    const std::string topic = unique("bk-pipe");
+    const size_t n = 20000, half = n / 2;
+    std::vector<std::string> vals(n);
+    std::vector<bk_message> m(n);
+    for (size_t i = 0; i < n; i++) {
+        vals[i] = "{\"i\":" + std::to_string(i) + "}";
+        m[i] = message(topic, vals[i], static_cast<int64_t>(i), BK_OP_INSERT);
+    }
+    std::vector<bk_send_result> r(n);
+    bk_status st{};
+    bk_send_summary sum;
+    ASSERT_EQ(bk_sink_start_batch(s, &m[0], half, 1, &r[0], 30000, &st), BK_OK) << st.message;
+    ASSERT_EQ(bk_sink_start_batch(s, &m[half], half, 2, &r[half], 30000, &st), BK_OK) << st.message;
+    EXPECT_EQ(bk_sink_in_flight(s), 2);
+    ASSERT_EQ(bk_sink_finish_batch(s, 1, &sum, &st), BK_OK) << st.message;
+    EXPECT_EQ(sum.ok, half);
+    for (size_t i = 0; i < half; i++)
+        ASSERT_EQ(r[i].code, BK_SEND_OK) << i;
+    ASSERT_EQ(bk_sink_finish_batch(s, 2, &sum, &st), BK_OK) << st.message;
+    EXPECT_EQ(sum.ok, half);
+    for (size_t i = half; i < n; i++)
+        ASSERT_EQ(r[i].code, BK_SEND_OK) << i;
+    int32_t partitions = 0;
+    std::vector<Consumed> got = consume_all(bootstrap_, topic, n, &partitions);
+    EXPECT_EQ(got.size(), n);
+}
+
 TEST_F(KafkaSinkTest, UnreachableBrokerIsRetryableWithinTheTimeout) {
     bk_sink *s =
         open({{"bootstrap.servers", "127.0.0.1:" + std::to_string(free_port())}, {"topic", "t"}});

@@ -122,6 +122,23 @@ TEST_F(RedisSinkTest, XaddInRowFormatAlsoCarriesOpAndTable) {
     EXPECT_EQ(entries[1]["idempotency_key"], name_ + ":8");
 }
 
+TEST_F(RedisSinkTest, XaddWithoutIdempotencyFieldWritesDataOnly) {
+    bk_sink *s = open({{"command", "xadd"}, {"idempotency_field", "false"}});
+    ASSERT_NE(s, nullptr);
+    std::string key = unique("noid");
+    std::string v = "{\"seq\":5}";
+    std::vector<bk_message> m = {message(key, v, 5)};
+    std::vector<bk_send_result> r;
+    ASSERT_EQ(send(s, m, 1, r), BK_OK);
+    auto entries = xrange(*client_, key);
+    ASSERT_EQ(entries.size(), 1u);
+    EXPECT_EQ(entries[0].size(), 1u); // data only
+    EXPECT_EQ(entries[0]["data"], v);
+    // the fence still makes a replay a no-op
+    ASSERT_EQ(send(s, m, 1, r), BK_OK);
+    EXPECT_EQ(client_->integer({"XLEN", key}), 1);
+}
+
 TEST_F(RedisSinkTest, XaddMaxlenTrimsApproximately) {
     bk_sink *s = open({{"command", "xadd"}, {"maxlen", "10"}});
     ASSERT_NE(s, nullptr);
@@ -412,4 +429,100 @@ TEST_F(RedisSinkTest, OutOfMemoryAbortsTheTransactionAsRetryable) {
     EXPECT_EQ(admin.str({"GET", "batchkit:fence:" + name_}), "(nil)"); // fence not advanced
     ASSERT_EQ(send(s, m, 3, r), BK_OK) << r[0].message; // same batch, same seq: now applied
     EXPECT_EQ(admin.integer({"LLEN", k}), 2);
+}
+
+// Two batches in flight on one connection: the second is written while the first
+// one's EXEC runs; both are applied in order and the fence ends at the second.
+TEST_F(RedisSinkTest, TwoBatchesInFlightApplyInOrder) {
+    bk_sink *s = open({{"command", "xadd"}});
+    ASSERT_NE(s, nullptr);
+    std::string k = unique("pipe");
+    std::vector<std::string> vals;
+    for (int i = 0; i < 4000; i++)
+        vals.push_back("{\"i\":" + std::to_string(i) + "}");
+    std::vector<bk_message> m;
+    for (int i = 0; i < 4000; i++)
+        m.push_back(message(k, vals[static_cast<size_t>(i)], i));
+    std::vector<bk_send_result> r1(2000), r2(2000);
+    bk_status st{};
+    ASSERT_EQ(bk_sink_start_batch(s, m.data(), 2000, 20, r1.data(), 5000, &st), BK_OK);
+    ASSERT_EQ(bk_sink_start_batch(s, m.data() + 2000, 2000, 21, r2.data(), 5000, &st), BK_OK);
+    EXPECT_EQ(bk_sink_in_flight(s), 2);
+    // a third batch, a probe or a finish out of order are refused, nothing changes
+    std::vector<bk_send_result> r3(1);
+    EXPECT_EQ(bk_sink_start_batch(s, m.data(), 1, 22, r3.data(), 5000, &st), BK_INVALID_ARGUMENT);
+    EXPECT_EQ(bk_sink_probe(s, 1000, &st), BK_INVALID_ARGUMENT);
+    bk_send_summary sum;
+    EXPECT_EQ(bk_sink_finish_batch(s, 21, &sum, &st), BK_INVALID_ARGUMENT);
+    ASSERT_EQ(bk_sink_finish_batch(s, 20, &sum, &st), BK_OK) << st.message;
+    EXPECT_EQ(sum.ok, 2000u);
+    EXPECT_EQ(sum.skipped_by_fence, 0);
+    ASSERT_EQ(bk_sink_finish_batch(s, 21, &sum, &st), BK_OK) << st.message;
+    EXPECT_EQ(sum.ok, 2000u);
+    EXPECT_EQ(sum.fence_before, 20); // batch 21's fence check saw batch 20's fence
+    EXPECT_EQ(bk_sink_in_flight(s), 0);
+    EXPECT_EQ(client_->str({"GET", "batchkit:fence:" + name_}), "21");
+    auto entries = xrange(*client_, k);
+    ASSERT_EQ(entries.size(), 4000u);
+    for (size_t i = 0; i < entries.size(); i++)
+        ASSERT_EQ(entries[i]["data"], vals[i]) << "out of order at " << i;
+}
+
+// A replay of two in-flight batches after a crash: both skipped by the fence.
+TEST_F(RedisSinkTest, ReplayOfTwoBatchesInFlightIsSkippedByTheFence) {
+    bk_sink *s = open({{"command", "xadd"}});
+    ASSERT_NE(s, nullptr);
+    std::string k = unique("pipe-replay");
+    std::string v = "{}";
+    std::vector<bk_message> m = {message(k, v, 1), message(k, v, 2)};
+    std::vector<bk_send_result> r1(1), r2(1);
+    bk_status st{};
+    bk_send_summary sum;
+    for (int round = 0; round < 2; round++) {
+        ASSERT_EQ(bk_sink_start_batch(s, &m[0], 1, 30, r1.data(), 5000, &st), BK_OK);
+        ASSERT_EQ(bk_sink_start_batch(s, &m[1], 1, 31, r2.data(), 5000, &st), BK_OK);
+        ASSERT_EQ(bk_sink_finish_batch(s, 30, &sum, &st), BK_OK) << st.message;
+        EXPECT_EQ(sum.skipped_by_fence, round);
+        ASSERT_EQ(bk_sink_finish_batch(s, 31, &sum, &st), BK_OK) << st.message;
+        EXPECT_EQ(sum.skipped_by_fence, round);
+        EXPECT_EQ(r1[0].code, BK_SEND_OK);
+        EXPECT_EQ(r2[0].code, BK_SEND_OK);
+    }
+    EXPECT_EQ(client_->integer({"XLEN", k}), 2); // nothing written twice
+}
+
+// When the first batch in flight is not applied, the second must not be either:
+// its EXEC would move the fence past the first, whose replay would be skipped.
+TEST_F(RedisSinkTest, ABatchBehindAFailedOneIsNotApplied) {
+    bk_sink *s = open({{"command", "xadd"}});
+    ASSERT_NE(s, nullptr);
+    std::string k = unique("pipe-fail");
+    std::string v = "{}";
+    // the fence holds garbage when batch 40 is checked (so 40 fails) and a valid
+    // value when batch 41 is: without the pipeline rule 41 would be applied
+    std::vector<bk_message> m = {message(k, v, 1), message(k, v, 2)};
+    ASSERT_TRUE(client_->cmd({"SET", "batchkit:fence:" + name_, "not-a-number"}));
+    std::vector<bk_send_result> r1(1), r2(1);
+    bk_status st{};
+    bk_send_summary sum;
+    ASSERT_EQ(bk_sink_start_batch(s, &m[0], 1, 40, r1.data(), 5000, &st), BK_OK);
+    // batch 40 failed its fence check; repair the fence before batch 41 is checked
+    // (its WATCH/GET are only read after 40's replies: nothing of 41 is decided yet)
+    ASSERT_TRUE(client_->cmd({"SET", "batchkit:fence:" + name_, "39"}));
+    ASSERT_EQ(bk_sink_start_batch(s, &m[1], 1, 41, r2.data(), 5000, &st), BK_OK);
+    EXPECT_EQ(bk_sink_finish_batch(s, 40, &sum, &st), BK_UNAVAILABLE);
+    EXPECT_EQ(r1[0].code, BK_SEND_RETRYABLE);
+    EXPECT_EQ(bk_sink_finish_batch(s, 41, &sum, &st), BK_UNAVAILABLE);
+    EXPECT_EQ(r2[0].code, BK_SEND_RETRYABLE);
+    EXPECT_NE(std::string(r2[0].message).find("earlier batch in flight failed"), std::string::npos)
+        << r2[0].message;
+    EXPECT_EQ(client_->integer({"EXISTS", k}), 0);
+    EXPECT_EQ(client_->str({"GET", "batchkit:fence:" + name_}), "39");
+    // the replay, in order, applies both
+    ASSERT_EQ(bk_sink_start_batch(s, &m[0], 1, 40, r1.data(), 5000, &st), BK_OK);
+    ASSERT_EQ(bk_sink_start_batch(s, &m[1], 1, 41, r2.data(), 5000, &st), BK_OK);
+    EXPECT_EQ(bk_sink_finish_batch(s, 40, &sum, &st), BK_OK) << st.message;
+    EXPECT_EQ(bk_sink_finish_batch(s, 41, &sum, &st), BK_OK) << st.message;
+    EXPECT_EQ(client_->integer({"XLEN", k}), 2);
+    EXPECT_EQ(client_->str({"GET", "batchkit:fence:" + name_}), "41");
 }

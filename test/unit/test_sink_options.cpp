@@ -654,6 +654,14 @@ TEST(RedisOptions, CommandsAndTheOptionsThatApplyToThem) {
     r = validate("redis", redis({N("maxlen", "0")}));
     EXPECT_EQ(r.message, "option \"maxlen\" must be an integer from 1 to 1000000000000 (stream "
                          "entries), not 0");
+    r = validate("redis", redis({B("idempotency_field", false)}));
+    EXPECT_TRUE(r.ok()) << r.message; // with xadd
+    r = validate("redis", redis({S("command", "lpush"), B("idempotency_field", false)}));
+    EXPECT_EQ(r.message,
+              "option \"idempotency_field\" applies only to command \"xadd\", not \"lpush\"");
+    r = validate("redis", redis({S("idempotency_field", "no")}));
+    EXPECT_EQ(r.message.rfind("option \"idempotency_field\" must be true or false", 0), 0u)
+        << r.message;
 }
 
 TEST(RedisOptions, KeyTemplates) {
@@ -677,9 +685,10 @@ TEST(RedisOptions, KeyTemplates) {
 TEST(RedisOptions, UnknownOptionsAreNamedWithTheValidOnes) {
     Result r = validate("redis", redis({N("ttl", "5")}));
     EXPECT_EQ(r.message, "unknown option \"ttl\" for a redis sink");
-    EXPECT_TRUE(contains(r.hint, "Did you mean \"ttl_ms\"? Valid options for a redis sink: "
-                                 "batch_size, command, connect_timeout_ms, format, key, "
-                                 "max_attempts"))
+    EXPECT_TRUE(contains(r.hint,
+                         "Did you mean \"ttl_ms\"? Valid options for a redis sink: "
+                         "batch_size, command, connect_timeout_ms, format, idempotency_field, key, "
+                         "max_attempts"))
         << r.hint;
     EXPECT_TRUE(contains(r.hint, "ttl_ms")) << r.hint;
     r = validate("redis", redis({S("compression.type", "lz4")}));

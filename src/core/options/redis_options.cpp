@@ -22,7 +22,8 @@ constexpr int64_t kTtlMsMax = 1000000000000;  // ~31 years
 
 std::vector<std::string> redis_option_names() {
     std::vector<std::string> v(kCommonOptionNames, kCommonOptionNames + kCommonOptionCount);
-    for (const char *k : {"url", "command", "key", "maxlen", "ttl_ms", "connect_timeout_ms"})
+    for (const char *k :
+         {"url", "command", "key", "maxlen", "ttl_ms", "connect_timeout_ms", "idempotency_field"})
         v.push_back(k);
     std::sort(v.begin(), v.end());
     return v;
@@ -41,7 +42,7 @@ void only_for(const char *option, const char *command, const std::string &actual
 
 void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) {
     const RawOption *key_raw = nullptr;
-    bool has_url = false, has_maxlen = false, has_ttl = false;
+    bool has_url = false, has_maxlen = false, has_ttl = false, has_idfield = false;
     std::string command;
 
     for (const auto &r : raw) {
@@ -87,6 +88,16 @@ void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
             o.key = r.key;
             o.value = o.shown = v;
             cfg.add(std::move(o));
+        } else if (r.key == "idempotency_field") {
+            if (r.type != BK_JSON_BOOLEAN)
+                throw OptionError("option \"idempotency_field\" must be true or false, not " +
+                                  describe_value(r));
+            Option o;
+            o.key = r.key;
+            o.value = o.shown = r.value;
+            o.type = BK_JSON_BOOLEAN;
+            cfg.add(std::move(o));
+            has_idfield = true;
         } else if (r.key == "ttl_ms") {
             cfg.add(check_integer(r, 1, kTtlMsMax, "milliseconds"));
             has_ttl = true;
@@ -110,6 +121,9 @@ void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
                           "For example {\"command\": \"xadd\"}.");
     if (has_maxlen && command != "xadd")
         only_for("maxlen", "xadd", command, "maxlen caps a stream's length (XADD ... MAXLEN ~ n).");
+    if (has_idfield && command != "xadd")
+        only_for("idempotency_field", "xadd", command,
+                 "idempotency_field says whether stream entries carry an idempotency_key field.");
     if (has_ttl && command != "set")
         only_for("ttl_ms", "set", command,
                  "ttl_ms sets an expiry on each key written (SET ... PX n).");

@@ -1,9 +1,11 @@
 // kafka_sink.cpp — one librdkafka producer per sink; a batch in, a result per message out.
 //
 // Contract (see kafka_sink.hpp for threads and lifetime):
-//   - produce every message (headers op, table, idempotency_key = "<sink>:<seq>"),
-//     then serve delivery reports with rd_kafka_flush on the caller's thread until
-//     each message has its report or the deadline passes;
+//   - start_batch produces every message (headers op, table, idempotency_key =
+//     "<sink>:<seq>") and returns; finish_batch serves delivery reports on the
+//     caller's thread until each message of the OLDEST batch has its report or the
+//     deadline passes, while the next batch (if any) is being delivered: the
+//     worker claims and encodes batch N+1 while librdkafka delivers batch N;
 //   - at the deadline, purge what is still queued or in flight (librdkafka reports
 //     it as _PURGE_QUEUE/_PURGE_INFLIGHT, i.e. RETRYABLE) and collect those reports,
 //     so nothing of the batch survives the call;
@@ -72,7 +74,8 @@ void KafkaSink::create_producer() {
 void KafkaSink::destroy_producer() noexcept {
     if (rk_ == nullptr)
         return;
-    cur_results_ = nullptr; // any report served from here on is stale
+    batches_.clear(); // any report served from here on is stale
+    outstanding_ = 0;
     rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     rd_kafka_poll(rk_, 0);
     for (auto &t : topics_)
@@ -117,9 +120,13 @@ void KafkaSink::on_delivery(const rd_kafka_message_t *m) noexcept {
     auto tag = reinterpret_cast<uintptr_t>(m->_private);
     uint32_t gen = static_cast<uint32_t>(tag >> 32);
     size_t idx = static_cast<size_t>(tag & 0xffffffffu);
-    if (cur_results_ == nullptr || gen != gen_ || idx >= cur_n_)
+    Batch *b = nullptr;
+    for (Batch &x : batches_)
+        if (x.gen == gen)
+            b = &x;
+    if (b == nullptr || idx >= b->n)
         return; // a report of an earlier batch, already counted as failed
-    bk_send_result &r = cur_results_[idx];
+    bk_send_result &r = b->results[idx];
     r.partition = m->partition;
     r.offset = m->offset;
     r.error = m->err;
@@ -130,8 +137,10 @@ void KafkaSink::on_delivery(const rd_kafka_message_t *m) noexcept {
         r.code = static_cast<uint8_t>(kafka_classify_error(m->err));
         r.message = rd_kafka_err2str(m->err); // static storage
     }
-    if (outstanding_ > 0)
+    if (b->outstanding > 0) {
+        b->outstanding--;
         outstanding_--;
+    }
 }
 
 void KafkaSink::log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
@@ -159,26 +168,41 @@ void KafkaSink::error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaq
     self->log_.push(4, "ERROR", msg);
 }
 
-void KafkaSink::send_batch(const bk_message *msgs, size_t n, int64_t, bk_send_result *results,
-                           Clock::time_point deadline, bk_send_summary *) {
+void KafkaSink::start_batch(const bk_message *msgs, size_t n, int64_t, bk_send_result *results,
+                            Clock::time_point deadline) {
     if (n > 0xffffffffu)
         throw Error(BK_INVALID_ARGUMENT, "a Kafka batch holds at most 2^32-1 messages");
-    if (fatal_ || rk_ == nullptr) {
+    if ((fatal_ || rk_ == nullptr) && batches_.empty()) {
         log_.push(5, "REBUILD", "rebuilding the Kafka producer after a fatal error");
         destroy_producer();
         create_producer();
     }
     rd_kafka_poll(rk_, 0); // serve anything stale before this batch starts
-    gen_++;
-    cur_results_ = results;
-    cur_n_ = n;
-    outstanding_ = 0;
-    struct Reset { // the batch is over whatever happens: later reports are stale
-        KafkaSink *s;
-        ~Reset() { s->cur_results_ = nullptr; }
-    } reset{this};
+    Batch nb;
+    nb.gen = ++gen_;
+    nb.msgs = msgs;
+    nb.n = n;
+    nb.results = results;
+    nb.deadline = deadline;
+    batches_.push_back(nb);
+    try {
+        produce(batches_.back());
+    } catch (const std::exception &e) {
+        // Recorded: finish_batch collects what was produced; the rest stays RETRYABLE.
+        log_.push(3, "PRODUCE", std::string("producing the batch failed: ") + e.what());
+    }
+}
 
+void KafkaSink::produce(Batch &b) {
+    const bk_message *msgs = b.msgs;
+    const size_t n = b.n;
+    bk_send_result *results = b.results;
+    const Clock::time_point deadline = b.deadline;
     const int flags = copy_payloads_ ? RD_KAFKA_MSG_F_COPY : 0;
+    // Behind a batch in flight (the worker's pipeline) the window covers a whole
+    // batch: the worker's next claim overlaps this batch's delivery anyway, and
+    // fewer, larger produce requests cost less (see kMaxOutstandingPipelined).
+    const size_t window = batches_.size() > 1 ? kMaxOutstandingPipelined : kMaxOutstanding;
     std::vector<char> idkey(name_.size() + 32);
     for (size_t i = 0; i < n; i++) {
         const bk_message &m = msgs[i];
@@ -220,7 +244,7 @@ void KafkaSink::send_batch(const bk_message *msgs, size_t n, int64_t, bk_send_re
             rd_kafka_header_add(hdrs, f.name, static_cast<ssize_t>(f.name_len), f.value,
                                 f.value ? static_cast<ssize_t>(f.value_len) : 0);
         }
-        auto tag = reinterpret_cast<void *>((static_cast<uintptr_t>(gen_) << 32) | i);
+        auto tag = reinterpret_cast<void *>((static_cast<uintptr_t>(b.gen) << 32) | i);
         rd_kafka_resp_err_t err;
         for (;;) {
             err = rd_kafka_producev(
@@ -248,28 +272,45 @@ void KafkaSink::send_batch(const bk_message *msgs, size_t n, int64_t, bk_send_re
         }
         r = {BK_SEND_RETRYABLE, RD_KAFKA_RESP_ERR__MSG_TIMED_OUT,
              "no delivery report before the timeout", -1, -1};
+        b.outstanding++;
         outstanding_++;
         if ((i & 1023) == 1023)
             rd_kafka_poll(rk_, 0); // keep reports flowing during a large batch
-        if (outstanding_ >= kMaxOutstanding && !drain_window(deadline)) {
+        if (outstanding_ >= window && !drain_window(window, deadline)) {
             for (size_t j = i + 1; j < n; j++)
                 results[j] = {BK_SEND_RETRYABLE, RD_KAFKA_RESP_ERR__TIMED_OUT,
                               "timed out before this message could be sent", -1, -1};
             break;
         }
     }
-    wait_for_reports(deadline);
-    kafka_keep_key_order(msgs, n, results, default_topic_);
 }
 
-bool KafkaSink::drain_window(Clock::time_point deadline) {
+void KafkaSink::finish_batch(bk_send_summary *) {
+    if (batches_.empty())
+        throw Error(BK_INTERNAL, "kafka: no batch in flight");
+    const Batch b = batches_.front(); // a copy: wait_for_reports may forget the batch
+    struct Pop {                      // the batch is over whatever happens: later reports are stale
+        KafkaSink *s;
+        uint32_t gen;
+        ~Pop() {
+            if (!s->batches_.empty() && s->batches_.front().gen == gen) {
+                s->outstanding_ -= std::min(s->outstanding_, s->batches_.front().outstanding);
+                s->batches_.pop_front();
+            }
+        }
+    } pop{this, b.gen};
+    wait_for_reports(batches_.front());
+    kafka_keep_key_order(b.msgs, b.n, b.results, default_topic_);
+}
+
+bool KafkaSink::drain_window(size_t window, Clock::time_point deadline) {
     // A large batch goes out in windows: send what is queued now (flush ignores
     // linger.ms) and keep producing once half of it is acknowledged. Letting 10k
     // messages pile up instead makes librdkafka's broker threads wake on linger
     // mid-batch, fight the producing thread for the partition queues and send many
     // small requests; measured on this 2-core machine, windows of 3000 deliver
     // batches of 10k about 1.5x faster with ~30% less CPU per message.
-    while (outstanding_ > kMaxOutstanding / 2) {
+    while (outstanding_ > window / 2) {
         if (Clock::now() >= deadline || sink_interrupted())
             return false;
         // flush() marks the producer as flushing only while it runs (a broker
@@ -280,32 +321,40 @@ bool KafkaSink::drain_window(Clock::time_point deadline) {
     return true;
 }
 
-void KafkaSink::wait_for_reports(Clock::time_point deadline) {
-    while (outstanding_ > 0) {
-        int left = ms_until(deadline);
+void KafkaSink::wait_for_reports(Batch &b) {
+    while (b.outstanding > 0) {
+        int left = ms_until(b.deadline);
         if (left <= 0 || sink_interrupted())
             break;
-        // flush() sends at once, ignoring linger.ms, and serves reports (dr_cb).
-        rd_kafka_flush(rk_, std::min(left, kInterruptSliceMs));
+        if (batches_.size() == 1) {
+            // flush() sends at once, ignoring linger.ms, and serves reports (dr_cb).
+            rd_kafka_flush(rk_, std::min(left, kInterruptSliceMs));
+        } else {
+            // flush() would also wait for the next batch: serve reports only (the
+            // next batch's messages behind this one's keep the queues moving).
+            rd_kafka_poll(rk_, std::min(left, kInterruptSliceMs));
+        }
     }
-    if (outstanding_ == 0)
+    if (b.outstanding == 0)
         return;
     // Timed out: take the rest back so that nothing of this batch stays inside
-    // librdkafka. Purged messages come back as _PURGE_QUEUE / _PURGE_INFLIGHT.
+    // librdkafka. Purged messages come back as _PURGE_QUEUE / _PURGE_INFLIGHT (the
+    // purge takes a later batch in flight too: its finish reports them).
     log_.push(4, "TIMEOUT",
-              std::to_string(outstanding_) +
+              std::to_string(b.outstanding) +
                   " message(s) not acknowledged before the timeout: purged, reported retryable");
     rd_kafka_purge(rk_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     auto hard = Clock::now() + std::chrono::seconds(5);
-    while (outstanding_ > 0 && Clock::now() < hard)
+    while (b.outstanding > 0 && Clock::now() < hard)
         rd_kafka_poll(rk_, 10);
-    if (outstanding_ > 0) {
+    if (b.outstanding > 0) {
         // Not expected: librdkafka still holds messages. With copied payloads they
         // are its own memory; without, rebuild the producer to get them back.
         log_.push(3, "PURGE",
-                  std::to_string(outstanding_) + " message(s) still in the producer after purging");
+                  std::to_string(b.outstanding) +
+                      " message(s) still in the producer after purging");
         if (!copy_payloads_) {
-            destroy_producer();
+            destroy_producer(); // forgets every batch in flight (b too): all RETRYABLE
             create_producer();
         }
     }

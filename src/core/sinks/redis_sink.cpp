@@ -85,8 +85,9 @@ std::string hiredis_text(const redisReply *r) {
 RedisSink::RedisSink(const Options &opts)
     : Sink(opts), ep_(parse_redis_url(opts.get_or("url", "redis://127.0.0.1:6379/0"))),
       command_(parse_redis_command(opts.get_or("command", ""))),
-      row_format_(opts.get_or("format", "envelope") == "row"), default_key_(opts.get_or("key", "")),
-      maxlen_(opts.get_int("maxlen", 0, 0, INT64_MAX)),
+      row_format_(opts.get_or("format", "envelope") == "row"),
+      idempotency_field_(opts.get_or("idempotency_field", "true") != "false"),
+      default_key_(opts.get_or("key", "")), maxlen_(opts.get_int("maxlen", 0, 0, INT64_MAX)),
       ttl_ms_(opts.get_int("ttl_ms", 0, 0, INT64_MAX)),
       connect_timeout_ms_(static_cast<int>(opts.get_int("connect_timeout_ms", 2000, 1, 600000))) {
     if (name_.empty())
@@ -158,6 +159,7 @@ void RedisSink::connect(Clock::time_point deadline, bool ignore_backoff) {
             handshake({"SELECT", std::to_string(ep_.db)}, "SELECT");
         if (err.empty()) {
             ctx_ = c;
+            conn_id_++;
             reader_.reset(c->fd);
             if (connect_failures_ > 0 || !last_error_.empty())
                 log_.push(6, "redis", "connected to " + where);
@@ -229,9 +231,10 @@ size_t RedisSink::append_commands(const bk_message &m, const char **why) {
     const bool del = m.op == BK_OP_DELETE;
     switch (command_) {
     case RedisCommand::Xadd: {
-        // Fields: data, idempotency_key, and for format=row (no envelope around the
-        // row) op and table. The envelope already holds op and table; every extra
-        // field costs Redis ~0.1 us per entry to parse and store.
+        // Fields: data, idempotency_key (unless idempotency_field=false), and for
+        // format=row (no envelope around the row) op and table. The envelope already
+        // holds op, table and seq; every extra field pair costs Redis ~0.5 us per entry
+        // to parse, queue in the MULTI and store (redis-benchmark and bench_sinks).
         char idbuf[256];
         std::string idlong;
         std::string_view idkey;
@@ -249,9 +252,12 @@ size_t RedisSink::append_commands(const bk_message &m, const char **why) {
             for (std::string_view a :
                  {std::string_view("MAXLEN"), std::string_view("~"), maxlen.view()})
                 args_.push_back(a);
-        for (std::string_view a : {std::string_view("*"), std::string_view("data"), value,
-                                   std::string_view("idempotency_key"), idkey})
+        for (std::string_view a : {std::string_view("*"), std::string_view("data"), value})
             args_.push_back(a);
+        if (idempotency_field_) { // ~0.5 us of Redis CPU per entry (docs/sinks.md)
+            args_.push_back("idempotency_key");
+            args_.push_back(idkey);
+        }
         if (row_format_ && m.op != BK_OP_MESSAGE) {
             args_.push_back("op");
             args_.push_back(op_name(m.op));
@@ -320,16 +326,50 @@ size_t RedisSink::append_commands(const bk_message &m, const char **why) {
     return 0;
 }
 
-void RedisSink::send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
-                           bk_send_result *results, Clock::time_point deadline,
-                           bk_send_summary *summary) {
-    summary->fence_before = -1;
-    auto fail_all = [&](const std::string &why) {
-        const char *msg = keep_message(why);
+void RedisSink::fail(InFlight &b, const std::string &why) noexcept {
+    const char *msg = "redis: the batch failed";
+    try {
+        msg = keep_message(why);
+    } catch (...) {
+    }
+    for (size_t i = 0; i < b.n; i++)
+        if (b.results[i].code != BK_SEND_REJECTED)
+            b.results[i] = {BK_SEND_RETRYABLE, -1, msg, -1, -1};
+    b.awaiting = false;
+    b.clean = false;
+    poisoned_ = true;
+}
+
+void RedisSink::start_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
+                            bk_send_result *results, Clock::time_point deadline) {
+    in_flight_.emplace_back();
+    InFlight &b = in_flight_.back();
+    b.seq = batch_seq;
+    b.n = n;
+    b.results = results;
+    b.deadline = deadline;
+    try {
+        start(b, msgs);
+    } catch (const std::exception &e) {
+        // Out of memory half-way: the server may hold part of a MULTI; start afresh.
+        disconnect(std::string("sending the batch failed: ") + e.what());
+        fail(b, std::string("redis: ") + e.what());
+    }
+}
+
+void RedisSink::start(InFlight &b, const bk_message *msgs) {
+    const size_t n = b.n;
+    bk_send_result *results = b.results;
+    const Clock::time_point deadline = b.deadline;
+    InFlight *prev = in_flight_.size() > 1 ? &in_flight_[in_flight_.size() - 2] : nullptr;
+    if (poisoned_) {
+        // An earlier batch of the pipeline failed: this one must wait for its replay.
         for (size_t i = 0; i < n; i++)
             if (results[i].code != BK_SEND_REJECTED)
-                results[i] = {BK_SEND_RETRYABLE, -1, msg, -1, -1};
-    };
+                results[i] = {BK_SEND_RETRYABLE, -1,
+                              "redis: not sent: an earlier batch in flight failed", -1, -1};
+        return;
+    }
     std::string unavailable; // why the batch cannot go out (it is still encoded to
                              // the end, so that invalid messages are reported REJECTED)
     bool tried_connect = false;
@@ -341,6 +381,7 @@ void RedisSink::send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
             if (!tried_connect) {
                 tried_connect = true;
                 connect(deadline, false);
+                b.conn = conn_id_;
             }
             if (!last)
                 send(out_.data().substr(sent), deadline);
@@ -351,72 +392,108 @@ void RedisSink::send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
         }
     };
     // Encode, sending every kChunk bytes as they are ready so that Redis parses and
-    // queues the start of the batch while the rest is being encoded. Nothing touches
-    // the network before the first valid message.
+    // queues the start of the batch while the rest is being encoded (and while it
+    // still executes the previous batch). Nothing touches the network before the
+    // first valid message.
     static constexpr size_t kChunk = 256 * 1024;
     out_.clear();
-    cmd_owner_.clear();
     out_.command({"WATCH", fence_key_});
     out_.command({"GET", fence_key_});
     out_.command({"MULTI"});
     size_t valid = 0;
-    try {
-        for (size_t i = 0; i < n; i++) {
-            const char *why = nullptr;
-            size_t k = append_commands(msgs[i], &why);
-            if (k == 0) {
-                results[i] = {BK_SEND_REJECTED, -1, why ? why : "invalid message", -1, -1};
-                continue;
-            }
-            valid++;
-            cmd_owner_.insert(cmd_owner_.end(), k, static_cast<uint32_t>(i));
-            if (out_.data().size() - sent >= kChunk) {
-                stream(false);
-                if (unavailable.empty())
-                    sent = out_.data().size();
-            }
+    for (size_t i = 0; i < n; i++) {
+        const char *why = nullptr;
+        size_t k = append_commands(msgs[i], &why);
+        if (k == 0) {
+            results[i] = {BK_SEND_REJECTED, -1, why ? why : "invalid message", -1, -1};
+            continue;
         }
-    } catch (...) {
-        // Out of memory half-way: the server may hold part of a MULTI; start afresh.
-        if (sent > 0)
-            disconnect("encoding the batch failed");
-        throw;
+        valid++;
+        b.cmd_owner.insert(b.cmd_owner.end(), k, static_cast<uint32_t>(i));
+        if (out_.data().size() - sent >= kChunk) {
+            stream(false);
+            if (unavailable.empty())
+                sent = out_.data().size();
+        }
     }
-    if (valid == 0)
-        return;   // nothing was sent: the first chunk needs a valid message
-    stream(true); // connects if no chunk went out yet
-    if (!unavailable.empty()) {
-        fail_all(unavailable);
+    if (valid == 0) {
+        b.clean = true; // nothing was sent: the first chunk needs a valid message
         return;
     }
-    IntArg seq(batch_seq);
+    stream(true); // connects if no chunk went out yet
+    if (!unavailable.empty()) {
+        fail(b, unavailable);
+        return;
+    }
+    IntArg seq(b.seq);
     out_.command({"SET", fence_key_, seq.view()});
 
     try {
         send(out_.data().substr(sent), deadline);
+        // The previous batch's replies come first on the connection: read them, so
+        // that its outcome decides this batch's EXEC.
+        if (prev != nullptr && prev->awaiting)
+            complete(*prev);
+        if (poisoned_) {
+            // The previous batch failed, so this one must not be applied: its EXEC
+            // would set the fence past the failed batch, whose replay would then be
+            // skipped. Its queued commands are DISCARDed (the WATCH/GET replies
+            // are read with the rest, in complete()).
+            b.problem = "not applied: an earlier batch in flight failed";
+            RespWriter tail;
+            tail.command({"DISCARD"});
+            send(tail.data(), deadline);
+            b.awaiting = true;
+            b.exec = false;
+            b.watch_read = false;
+            return;
+        }
         RespItem watch = next(deadline);
-        bool watch_ok = !watch.is_error();
-        std::string problem = watch_ok ? "" : "WATCH failed: " + item_text(watch);
+        if (watch.is_error())
+            b.problem = "WATCH failed: " + item_text(watch);
         RespItem get = next(deadline);
-        int64_t fence = -1;
         if (get.is_error()) {
-            problem = "reading the fence failed: " + item_text(get);
+            b.problem = "reading the fence failed: " + item_text(get);
         } else {
             try {
-                fence = parse_fence(get);
+                b.fence_before = parse_fence(get);
             } catch (const Error &e) {
-                problem = e.what();
+                if (b.problem.empty())
+                    b.problem = e.what();
             }
         }
-        summary->fence_before = fence;
-        const bool replay = problem.empty() && fence >= batch_seq;
+        b.replay = b.problem.empty() && b.fence_before >= b.seq;
+        b.exec = b.problem.empty() && !b.replay;
+        b.watch_read = true;
         // Decide before Redis runs anything queued: EXEC, or DISCARD the queue.
         RespWriter tail;
-        tail.command({problem.empty() && !replay ? "EXEC" : "DISCARD"});
+        tail.command({b.exec ? "EXEC" : "DISCARD"});
         send(tail.data(), deadline);
+        b.awaiting = true;
+    } catch (const Error &e) {
+        if (e.code() != BK_UNAVAILABLE)
+            throw;
+        fail(b, e.what());
+    }
+}
 
+void RedisSink::complete(InFlight &b) {
+    const size_t n = b.n;
+    bk_send_result *results = b.results;
+    const Clock::time_point deadline = b.deadline;
+    b.awaiting = false;
+    if (ctx_ == nullptr || b.conn != conn_id_) {
+        fail(b, "redis: the connection was lost before the batch's replies were read" +
+                    (last_error_.empty() ? std::string() : ": " + last_error_));
+        return;
+    }
+    try {
+        if (!b.watch_read) {
+            next(deadline); // WATCH
+            next(deadline); // GET
+        }
         RespItem multi = next(deadline);
-        const size_t ncmds = cmd_owner_.size();
+        const size_t ncmds = b.cmd_owner.size();
         std::vector<std::string> queue_errors; // refused at queueing time
         std::vector<uint32_t> queue_error_cmd;
         for (size_t c = 0; c <= ncmds; c++) { // + the fence SET
@@ -427,23 +504,24 @@ void RedisSink::send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
             }
         }
         RespItem exec = next(deadline);
-        if (!problem.empty()) {
-            fail_all("redis: " + problem);
+        if (!b.problem.empty()) {
+            fail(b, "redis: " + b.problem);
             return;
         }
         if (multi.is_error()) {
-            fail_all("redis: MULTI failed: " + item_text(multi));
+            fail(b, "redis: MULTI failed: " + item_text(multi));
             return;
         }
-        if (replay) {
+        if (b.replay) {
             for (size_t i = 0; i < n; i++)
                 if (results[i].code != BK_SEND_REJECTED)
                     results[i] = {BK_SEND_OK, 0, "", -1, -1};
-            summary->skipped_by_fence = 1;
+            b.clean = true;
             return;
         }
         if (exec.is_nil()) {
-            fail_all("redis: the fence key " + fence_key_ +
+            fail(b,
+                 "redis: the fence key " + fence_key_ +
                      " changed during the batch (another writer for this sink?); nothing applied");
             return;
         }
@@ -452,39 +530,71 @@ void RedisSink::send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
             std::string why = "redis: transaction aborted, nothing applied: " + item_text(exec);
             if (!queue_errors.empty())
                 why += " (first: " + queue_errors.front() + ")";
-            fail_all(why);
+            fail(b, why);
             for (size_t e = 0; e < queue_errors.size(); e++) {
                 uint32_t c = queue_error_cmd[e];
                 if (c < ncmds && redis_classify_error(queue_errors[e]) == BK_SEND_REJECTED)
-                    results[cmd_owner_[c]] = {BK_SEND_REJECTED, -1, keep_message(queue_errors[e]),
-                                              -1, -1};
+                    results[b.cmd_owner[c]] = {BK_SEND_REJECTED, -1, keep_message(queue_errors[e]),
+                                               -1, -1};
             }
             return;
         }
         if (exec.type != '*' || exec.n != static_cast<int64_t>(ncmds + 1)) {
             std::string why = "redis: unexpected EXEC reply " + item_text(exec);
             disconnect(why);
-            throw Error(BK_UNAVAILABLE, why);
+            fail(b, why);
+            return;
         }
         // The transaction ran. Each message is ok unless one of its commands failed.
+        bool clean = true;
         for (size_t c = 0; c < ncmds; c++) {
             RespItem e = next(deadline);
-            bk_send_result &r = results[cmd_owner_[c]];
-            if (c == 0 || cmd_owner_[c - 1] != cmd_owner_[c])
+            bk_send_result &r = results[b.cmd_owner[c]];
+            if (c == 0 || b.cmd_owner[c - 1] != b.cmd_owner[c])
                 r = {BK_SEND_OK, 0, "", -1, -1}; // a message's commands are contiguous
-            if (e.is_error() && r.code == BK_SEND_OK)
+            if (e.is_error() && r.code == BK_SEND_OK) {
                 r = {static_cast<uint8_t>(redis_classify_error(e.str)), -1, keep_message(e.str), -1,
                      -1};
+                if (r.code == BK_SEND_RETRYABLE)
+                    clean = false;
+            }
             skip_item(e, deadline);
         }
         RespItem fence_set = next(deadline);
         if (fence_set.is_error())
             log_.push(3, "redis", "setting the fence failed: " + item_text(fence_set));
+        b.clean = clean;
+        if (!clean)
+            poisoned_ = true;
     } catch (const Error &e) {
         if (e.code() != BK_UNAVAILABLE)
             throw;
-        fail_all(e.what());
+        fail(b, e.what());
     }
+}
+
+void RedisSink::finish_batch(bk_send_summary *summary) {
+    if (in_flight_.empty())
+        throw Error(BK_INTERNAL, "redis: no batch in flight");
+    struct Pop { // the batch is forgotten whatever happens
+        RedisSink *s;
+        ~Pop() {
+            s->in_flight_.pop_front();
+            if (s->in_flight_.empty())
+                s->poisoned_ = false; // the caller saw every failure: it replays in order
+        }
+    } pop{this};
+    InFlight &b = in_flight_.front();
+    try {
+        if (b.awaiting)
+            complete(b);
+    } catch (...) {
+        disconnect("reading the batch's replies failed");
+        poisoned_ = true;
+        throw;
+    }
+    summary->fence_before = b.fence_before;
+    summary->skipped_by_fence = b.replay ? 1 : 0;
 }
 
 void RedisSink::probe(Clock::time_point deadline) {

@@ -1,4 +1,5 @@
-// redis_sink.hpp — a batch to Redis in one fenced MULTI/EXEC over one connection.
+// redis_sink.hpp — a batch to Redis in one fenced MULTI/EXEC over one connection;
+// up to two batches in flight on it (see redis_sink.cpp for the pipeline).
 //
 // Threads: none of its own (hiredis connects in blocking mode; the batch path uses
 // the socket directly), all on the worker's thread.
@@ -8,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -25,14 +27,35 @@ class RedisSink final : public Sink {
     explicit RedisSink(const Options &opts);
     ~RedisSink() override;
 
-    void send_batch(const bk_message *msgs, size_t n, int64_t batch_seq, bk_send_result *results,
-                    Clock::time_point deadline, bk_send_summary *summary) override;
+    void start_batch(const bk_message *msgs, size_t n, int64_t batch_seq, bk_send_result *results,
+                     Clock::time_point deadline) override;
+    void finish_batch(bk_send_summary *summary) override;
+    void poison() noexcept override { poisoned_ = true; }
     void probe(Clock::time_point deadline) override;
     int64_t read_fence(Clock::time_point deadline) override;
 
     const std::string &fence_key() const { return fence_key_; }
 
   private:
+    // A started batch whose replies after GET's are not all read yet.
+    struct InFlight {
+        int64_t seq = 0;
+        size_t n = 0;
+        bk_send_result *results = nullptr;
+        Clock::time_point deadline{};
+        std::vector<uint32_t> cmd_owner; // command index -> message index
+        uint64_t conn = 0;               // conn_id_ it was written on
+        bool awaiting = false;           // EXEC/DISCARD sent, its replies unread
+        bool exec = false;               // EXEC (not DISCARD) was sent
+        bool watch_read = false;         // WATCH's and GET's replies were read
+        bool replay = false;             // the fence said: applied before
+        std::string problem;             // why it was DISCARDed (replay aside)
+        bool clean = false;              // done, and nothing of it RETRYABLE
+        int64_t fence_before = -1;
+    };
+    void start(InFlight &b, const bk_message *msgs);
+    void complete(InFlight &b);                              // reads its replies
+    void fail(InFlight &b, const std::string &why) noexcept; // RETRYABLE, done
     // Appends the command(s) of one message; returns how many, 0 when the message is
     // invalid (then *why says why).
     size_t append_commands(const bk_message &m, const char **why);
@@ -45,7 +68,8 @@ class RedisSink final : public Sink {
 
     RedisEndpoint ep_;
     RedisCommand command_;
-    bool row_format_; // stream entries carry op and table themselves (no envelope)
+    bool row_format_;        // stream entries carry op and table themselves (no envelope)
+    bool idempotency_field_; // xadd: an idempotency_key field in every entry
     std::string default_key_;
     std::string fence_key_;
     int64_t maxlen_; // xadd MAXLEN ~ N; 0 = none
@@ -59,8 +83,12 @@ class RedisSink final : public Sink {
     std::string last_error_;
 
     RespWriter out_;
-    std::vector<uint32_t> cmd_owner_; // command index -> message index
     std::vector<std::string_view> args_;
+    std::deque<InFlight> in_flight_;
+    uint64_t conn_id_ = 0; // bumped by every (re)connect
+    // A batch of the current pipeline failed: later batches started before the
+    // pipeline empties are not applied (their EXEC would move the fence past it).
+    bool poisoned_ = false;
 };
 
 } // namespace bk

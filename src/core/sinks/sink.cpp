@@ -8,6 +8,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <memory>
 
 #include "sinks/kafka_sink.hpp"
@@ -15,8 +16,19 @@
 #include "sinks/sink_base.hpp"
 #include "util/abi_guard.hpp"
 
+// A batch between bk_sink_start_batch and bk_sink_finish_batch.
+struct BkInFlight {
+    int64_t seq;
+    size_t n;
+    bk_send_result *results;
+    uint64_t mark; // message_mark() when it started: its result strings come later
+    bool failed;   // start threw: results say RETRYABLE, the sink does not know it
+    int64_t fence_before;
+};
+
 struct bk_sink {
     std::unique_ptr<bk::Sink> impl;
+    std::deque<BkInFlight> in_flight;
 };
 
 namespace bk {
@@ -95,6 +107,13 @@ Sink::Sink(const Options &opts)
 
 int64_t Sink::read_fence(Clock::time_point) {
     throw Error(BK_INVALID_ARGUMENT, "this kind of sink has no fence");
+}
+
+void Sink::drop_messages_before(uint64_t mark) noexcept {
+    while (!messages_.empty() && msg_first_ < mark) {
+        messages_.pop_front();
+        msg_first_++;
+    }
 }
 
 const char *Sink::keep_message(std::string_view msg) {
@@ -176,6 +195,138 @@ void bk_sink_close(bk_sink *sink) {
     }
 }
 
+} // extern "C"
+
+namespace {
+
+// Counts the results into *sum and turns them into the call's code and status.
+bk_code summarize(bk_send_result *results, size_t n, bk_send_summary *sum, bk_status *st) noexcept {
+    sum->ok = sum->retryable = sum->rejected = 0;
+    const char *first_retryable = nullptr, *first_rejected = nullptr;
+    for (size_t i = 0; i < n; i++) {
+        switch (results[i].code) {
+        case BK_SEND_OK:
+            sum->ok++;
+            break;
+        case BK_SEND_REJECTED:
+            sum->rejected++;
+            if (!first_rejected)
+                first_rejected = results[i].message;
+            break;
+        default:
+            results[i].code = BK_SEND_RETRYABLE;
+            sum->retryable++;
+            if (!first_retryable)
+                first_retryable = results[i].message;
+        }
+    }
+    if (sum->retryable) {
+        bk::set_status(st, BK_UNAVAILABLE, first_retryable);
+        return BK_UNAVAILABLE;
+    }
+    if (sum->rejected) {
+        bk::set_status(st, BK_REJECTED, first_rejected);
+        return BK_REJECTED;
+    }
+    bk_status_clear(st);
+    return BK_OK;
+}
+
+const char *kept_or(bk::Sink &s, const char *msg, const char *fallback) noexcept {
+    try {
+        return s.keep_message(msg ? msg : fallback);
+    } catch (...) {
+        return fallback;
+    }
+}
+
+} // namespace
+
+extern "C" {
+
+bk_code bk_sink_start_batch(bk_sink *sink, const bk_message *msgs, size_t n, int64_t batch_seq,
+                            bk_send_result *results, int timeout_ms, bk_status *st) {
+    if (sink == nullptr || sink->impl == nullptr || (msgs == nullptr && n != 0) ||
+        (results == nullptr && n != 0)) {
+        if (results != nullptr)
+            fill_all(results, n, BK_SEND_RETRYABLE, "invalid call: NULL sink or messages");
+        bk::set_status(st, BK_INVALID_ARGUMENT,
+                       "bk_sink_start_batch: NULL sink, messages or results");
+        return BK_INVALID_ARGUMENT;
+    }
+    if (sink->in_flight.size() >= BK_SINK_MAX_IN_FLIGHT ||
+        (!sink->in_flight.empty() && batch_seq <= sink->in_flight.back().seq)) {
+        fill_all(results, n, BK_SEND_RETRYABLE, "invalid call: not started");
+        bk::set_status(st, BK_INVALID_ARGUMENT,
+                       "bk_sink_start_batch: too many in flight, or batch_seq not increasing");
+        return BK_INVALID_ARGUMENT;
+    }
+    bk::Sink &s = *sink->impl;
+    s.drop_messages_before(sink->in_flight.empty() ? s.message_mark()
+                                                   : sink->in_flight.front().mark);
+    BkInFlight f{batch_seq, n, results, s.message_mark(), false, -1};
+    return bk::guarded(st, [&] {
+        sink->in_flight.push_back(f); // may throw bad_alloc: then nothing started
+        int t = timeout_ms > 0 ? timeout_ms : s.send_timeout_ms();
+        auto deadline = bk::Clock::now() + std::chrono::milliseconds(t);
+        fill_all(results, n, BK_SEND_RETRYABLE, "not sent");
+        try {
+            s.start_batch(msgs, n, batch_seq, results, deadline);
+        } catch (const std::exception &e) {
+            // The sink does not know this batch: it fails, and so does what follows it.
+            sink->in_flight.back().failed = true;
+            fill_all(results, n, BK_SEND_RETRYABLE, kept_or(s, e.what(), "internal error"));
+            s.poison();
+        } catch (...) {
+            sink->in_flight.back().failed = true;
+            fill_all(results, n, BK_SEND_RETRYABLE, "internal error");
+            s.poison();
+        }
+    });
+}
+
+bk_code bk_sink_finish_batch(bk_sink *sink, int64_t batch_seq, bk_send_summary *summary,
+                             bk_status *st) {
+    if (summary)
+        *summary = bk_send_summary{0, 0, 0, 0, -1};
+    if (sink == nullptr || sink->impl == nullptr || sink->in_flight.empty() ||
+        sink->in_flight.front().seq != batch_seq) {
+        bk::set_status(st, BK_INVALID_ARGUMENT,
+                       "bk_sink_finish_batch: batch_seq is not the oldest batch in flight");
+        return BK_INVALID_ARGUMENT;
+    }
+    bk::Sink &s = *sink->impl;
+    BkInFlight f = sink->in_flight.front();
+    sink->in_flight.pop_front();
+    s.drop_messages_before(f.mark);
+    bk_send_summary sum{0, 0, 0, 0, -1};
+    if (!f.failed) {
+        bk_code rc = bk::guarded(st, [&] { s.finish_batch(&sum); });
+        if (rc != BK_OK) {
+            // The sink threw: nothing is known to be delivered.
+            fill_all(f.results, f.n, BK_SEND_RETRYABLE,
+                     f.n ? kept_or(s, st ? st->message : nullptr, "internal error") : "");
+            sum = bk_send_summary{0, f.n, 0, 0, sum.fence_before};
+            s.poison();
+            if (summary)
+                *summary = sum;
+            if (rc == BK_REJECTED || rc == BK_INVALID_ARGUMENT)
+                rc = BK_UNAVAILABLE; // results say RETRYABLE: keep the return code consistent
+            if (st)
+                st->code = rc;
+            return rc;
+        }
+    }
+    bk_code rc = summarize(f.results, f.n, &sum, st);
+    if (summary)
+        *summary = sum;
+    return rc;
+}
+
+int bk_sink_in_flight(const bk_sink *sink) {
+    return sink ? static_cast<int>(sink->in_flight.size()) : 0;
+}
+
 bk_code bk_sink_send_batch(bk_sink *sink, const bk_message *msgs, size_t n, int64_t batch_seq,
                            bk_send_result *results, int timeout_ms, bk_send_summary *summary,
                            bk_status *st) {
@@ -190,65 +341,18 @@ bk_code bk_sink_send_batch(bk_sink *sink, const bk_message *msgs, size_t n, int6
         bk::set_status(st, BK_INVALID_ARGUMENT, "bk_sink_send_batch: NULL sink or messages");
         return BK_INVALID_ARGUMENT;
     }
-    bk::Sink &s = *sink->impl;
-    s.reset_messages();
-    int t = timeout_ms > 0 ? timeout_ms : s.send_timeout_ms();
-    auto deadline = bk::Clock::now() + std::chrono::milliseconds(t);
-    bk_send_summary sum{0, 0, 0, 0, -1};
-    bk_code rc = bk::guarded(st, [&] {
-        fill_all(results, n, BK_SEND_RETRYABLE, "not sent");
-        s.send_batch(msgs, n, batch_seq, results, deadline, &sum);
-    });
-    if (rc != BK_OK) {
-        // The sink threw: nothing is known to be delivered.
-        const char *why = n ? s.keep_message(st ? st->message : "internal error") : "";
-        fill_all(results, n, BK_SEND_RETRYABLE, why);
-        sum = bk_send_summary{0, n, 0, 0, sum.fence_before};
-        if (summary)
-            *summary = sum;
-        if (rc == BK_REJECTED || rc == BK_INVALID_ARGUMENT)
-            rc = BK_UNAVAILABLE; // results say RETRYABLE: keep the return code consistent
-        if (st)
-            st->code = rc;
+    bk_code rc = bk_sink_start_batch(sink, msgs, n, batch_seq, results, timeout_ms, st);
+    if (rc != BK_OK)
         return rc;
-    }
-    sum.ok = sum.retryable = sum.rejected = 0;
-    const char *first_retryable = nullptr, *first_rejected = nullptr;
-    for (size_t i = 0; i < n; i++) {
-        switch (results[i].code) {
-        case BK_SEND_OK:
-            sum.ok++;
-            break;
-        case BK_SEND_REJECTED:
-            sum.rejected++;
-            if (!first_rejected)
-                first_rejected = results[i].message;
-            break;
-        default:
-            results[i].code = BK_SEND_RETRYABLE;
-            sum.retryable++;
-            if (!first_retryable)
-                first_retryable = results[i].message;
-        }
-    }
-    if (summary)
-        *summary = sum;
-    if (sum.retryable) {
-        bk::set_status(st, BK_UNAVAILABLE, first_retryable);
-        return BK_UNAVAILABLE;
-    }
-    if (sum.rejected) {
-        bk::set_status(st, BK_REJECTED, first_rejected);
-        return BK_REJECTED;
-    }
-    bk_status_clear(st);
-    return BK_OK;
+    return bk_sink_finish_batch(sink, batch_seq, summary, st);
 }
 
 bk_code bk_sink_probe(bk_sink *sink, int timeout_ms, bk_status *st) {
     return bk::guarded(st, [&] {
         if (sink == nullptr || sink->impl == nullptr)
             throw bk::Error(BK_INVALID_ARGUMENT, "bk_sink_probe: NULL sink");
+        if (!sink->in_flight.empty())
+            throw bk::Error(BK_INVALID_ARGUMENT, "bk_sink_probe: a batch is in flight");
         int t = timeout_ms > 0 ? timeout_ms : sink->impl->send_timeout_ms();
         sink->impl->probe(bk::Clock::now() + std::chrono::milliseconds(t));
     });
@@ -258,6 +362,8 @@ bk_code bk_sink_read_fence(bk_sink *sink, int64_t *fence, int timeout_ms, bk_sta
     return bk::guarded(st, [&] {
         if (sink == nullptr || sink->impl == nullptr || fence == nullptr)
             throw bk::Error(BK_INVALID_ARGUMENT, "bk_sink_read_fence: NULL argument");
+        if (!sink->in_flight.empty())
+            throw bk::Error(BK_INVALID_ARGUMENT, "bk_sink_read_fence: a batch is in flight");
         int t = timeout_ms > 0 ? timeout_ms : sink->impl->send_timeout_ms();
         *fence = sink->impl->read_fence(bk::Clock::now() + std::chrono::milliseconds(t));
     });

@@ -70,11 +70,18 @@ class Sink {
     Sink(const Sink &) = delete;
     Sink &operator=(const Sink &) = delete;
 
-    // Fills every results[i]; may throw bk::Error for whole-call failures (the
-    // caller then marks all results RETRYABLE).
-    virtual void send_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
-                            bk_send_result *results, Clock::time_point deadline,
-                            bk_send_summary *summary) = 0;
+    // Pipelined delivery (bk_sink_start_batch / bk_sink_finish_batch). start_batch
+    // either records the batch (finish_batch is then called for it, in start order)
+    // or throws having recorded nothing (the caller then reports it RETRYABLE and
+    // calls poison()). results[] arrive pre-filled RETRYABLE "not sent" and stay
+    // valid, like msgs[], until the batch's finish_batch returned.
+    virtual void start_batch(const bk_message *msgs, size_t n, int64_t batch_seq,
+                             bk_send_result *results, Clock::time_point deadline) = 0;
+    // Completes the oldest started batch: every results[i] final, *summary's
+    // fence_before / skipped_by_fence set. Forgets the batch even when it throws.
+    virtual void finish_batch(bk_send_summary *summary) = 0;
+    // A batch started after a failed one must not be applied before it (Redis).
+    virtual void poison() noexcept {}
     virtual void probe(Clock::time_point deadline) = 0; // throws BK_UNAVAILABLE
     virtual int64_t read_fence(Clock::time_point deadline);
 
@@ -82,9 +89,12 @@ class Sink {
     const std::string &name() const noexcept { return name_; }
     int send_timeout_ms() const noexcept { return send_timeout_ms_; }
 
-    // Result strings that must outlive the call: stored until reset_messages().
+    // Result strings that must outlive the call: stored until dropped. A mark
+    // numbers the strings kept so far; drop_messages_before(mark) forgets older ones
+    // (references to the others stay valid: a deque keeps them in place).
     const char *keep_message(std::string_view msg);
-    void reset_messages() noexcept { messages_.clear(); }
+    uint64_t message_mark() const noexcept { return msg_first_ + messages_.size(); }
+    void drop_messages_before(uint64_t mark) noexcept;
 
   protected:
     LogQueue log_;
@@ -93,6 +103,7 @@ class Sink {
 
   private:
     std::deque<std::string> messages_;
+    uint64_t msg_first_ = 0; // mark of messages_.front()
 };
 
 // Operation names as they appear in headers and stream fields.
