@@ -546,26 +546,29 @@ void RedisSink::complete(InFlight &b) {
             return;
         }
         // The transaction ran. Each message is ok unless one of its commands failed.
-        bool clean = true;
         for (size_t c = 0; c < ncmds; c++) {
             RespItem e = next(deadline);
             bk_send_result &r = results[b.cmd_owner[c]];
             if (c == 0 || b.cmd_owner[c - 1] != b.cmd_owner[c])
                 r = {BK_SEND_OK, 0, "", -1, -1}; // a message's commands are contiguous
             if (e.is_error() && r.code == BK_SEND_OK) {
-                r = {static_cast<uint8_t>(redis_classify_error(e.str)), -1, keep_message(e.str), -1,
-                     -1};
-                if (r.code == BK_SEND_RETRYABLE)
-                    clean = false;
+                // The transaction ran and moved the fence: a replay of this batch would be
+                // skipped, so even a "retryable" error of one command cannot be retried by
+                // replaying. The message is refused for good (dead letters keep it, with
+                // the error, for replay_dead_letters) instead of being silently lost.
+                const char *why =
+                    redis_classify_error(e.str) == BK_SEND_RETRYABLE
+                        ? keep_message("failed inside an applied transaction (the fence moved): " +
+                                       std::string(e.str))
+                        : keep_message(e.str);
+                r = {BK_SEND_REJECTED, -1, why, -1, -1};
             }
             skip_item(e, deadline);
         }
         RespItem fence_set = next(deadline);
         if (fence_set.is_error())
             log_.push(3, "redis", "setting the fence failed: " + item_text(fence_set));
-        b.clean = clean;
-        if (!clean)
-            poisoned_ = true;
+        b.clean = true; // refused messages are settled: the next batch may apply
     } catch (const Error &e) {
         if (e.code() != BK_UNAVAILABLE)
             throw;
