@@ -622,7 +622,7 @@ class Report:
                    "includes and the 10–90% rate does not.", "")
         self.w(f"![throughput vs batch size]({self.savefig(fig, 'batch_size.png')})", "")
         self.w("**Where it flattens** (computed from the points above; within 10% of the best "
-               "counts as flat; one pass on a busy machine, so the rates scatter by more than "
+               "counts as flat; one pass per point, so the rates scatter by about "
                "that — the CPU per row is the steadier signal):", "",
                *[f"- {c}" for c in concl], "")
         self.headline.extend(f"batch size: {c}" for c in concl)
@@ -665,10 +665,18 @@ class Report:
                         f"{cs[0][0]:,} to {cmin:.1f} µs and stays within 10% of that from "
                         f"batch_size {cflat:,} on")
             if cflat is not None and default is not None and cdef is not None:
-                txt += (f": the default is " + ("on that plateau, so larger batches save no "
-                                                "worker CPU" if default >= cflat else
-                                                f"below it ({cdef:.1f} µs/row): larger batches "
-                                                "would still save worker CPU"))
+                cx = next(x for x, c in cs if c == cmin)
+                if default >= cflat:
+                    txt += ": the default is on that plateau, so larger batches save no worker CPU"
+                elif cx <= default:
+                    # the cheapest point is a smaller batch: the CPU per row is flat but noisy
+                    # around the default, not still falling
+                    txt += (f": the default costs {cdef:.1f} µs/row, {cdef / cmin - 1:.0%} above "
+                            f"the cheapest point (batch_size {cx:,}), which is a smaller batch: "
+                            "the cost per row has stopped falling; the differences are noise")
+                else:
+                    txt += (f": the default is below it ({cdef:.1f} µs/row): larger batches "
+                            "would still save worker CPU")
         return txt + "."
 
     # ---- issue 6: metrics ----------------------------------------------------------------
