@@ -86,8 +86,7 @@ validate_capture(int32 capture_id, Oid relid, int32 sink_id)
 		capture_cache = hash_create("batchkit capture cache", 16, &ctl,
 									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-	e = hash_search(capture_cache, &capture_id, HASH_FIND, &found);
-	if (found && e->relid == relid && e->sink_id == sink_id)
+	if (capture_cached(capture_id, relid, sink_id))
 		return;
 
 	arg[0] = Int32GetDatum(capture_id);

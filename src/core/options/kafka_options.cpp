@@ -169,14 +169,7 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
             continue;
         }
         if (r.key == "copy_payloads") {
-            if (r.type != BK_JSON_BOOLEAN)
-                throw OptionError("option \"copy_payloads\" must be true or false, not " +
-                                  describe_value(r));
-            Option o;
-            o.key = r.key;
-            o.value = o.shown = r.value;
-            o.type = BK_JSON_BOOLEAN;
-            cfg.add(std::move(o));
+            cfg.add(check_boolean(r));
             continue;
         }
         if (r.key == "transactional.id")

@@ -89,14 +89,7 @@ void validate_redis_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
             o.value = o.shown = v;
             cfg.add(std::move(o));
         } else if (r.key == "idempotency_field") {
-            if (r.type != BK_JSON_BOOLEAN)
-                throw OptionError("option \"idempotency_field\" must be true or false, not " +
-                                  describe_value(r));
-            Option o;
-            o.key = r.key;
-            o.value = o.shown = r.value;
-            o.type = BK_JSON_BOOLEAN;
-            cfg.add(std::move(o));
+            cfg.add(check_boolean(r));
             has_idfield = true;
         } else if (r.key == "ttl_ms") {
             cfg.add(check_integer(r, 1, kTtlMsMax, "milliseconds"));

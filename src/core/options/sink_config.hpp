@@ -69,6 +69,8 @@ extern const size_t kCommonOptionCount;
 
 // Integer option in [min, max]; `what` says what it counts ("rows", "ms", ...).
 Option check_integer(const RawOption &raw, int64_t min, int64_t max, const char *what);
+// Boolean option (a JSON true or false).
+Option check_boolean(const RawOption &raw);
 // String option, one of `choices` (case-insensitive; normalized to lower case).
 Option check_choice(const RawOption &raw, const std::vector<const char *> &choices);
 // Any string option (templates, URLs); non-strings are an error.

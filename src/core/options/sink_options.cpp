@@ -184,6 +184,17 @@ Option check_integer(const RawOption &raw, int64_t min, int64_t max, const char 
     return o;
 }
 
+Option check_boolean(const RawOption &raw) {
+    if (raw.type != BK_JSON_BOOLEAN)
+        throw OptionError("option \"" + raw.key + "\" must be true or false, not " +
+                          describe_value(raw));
+    Option o;
+    o.key = raw.key;
+    o.value = o.shown = raw.value;
+    o.type = BK_JSON_BOOLEAN;
+    return o;
+}
+
 Option check_choice(const RawOption &raw, const std::vector<const char *> &choices) {
     std::string lowered = raw.value;
     std::transform(lowered.begin(), lowered.end(), lowered.begin(),
