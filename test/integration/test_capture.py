@@ -14,12 +14,7 @@ import psycopg2
 import pytest
 
 from conftest import connect, drain, make_sink, pg_script, set_sink_options, wait_for_server
-
-
-def q(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchall() if cur.description else None
+from helpers import q
 
 
 def new_table(db, name, extra=""):

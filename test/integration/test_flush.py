@@ -9,26 +9,14 @@ import os
 import signal
 import subprocess
 import tempfile
-import threading
 import time
-import uuid
 
 import psycopg2
 import pytest
 import redis as redis_lib
 
 from conftest import ROOT, connect, free_port, make_sink, pg_script, set_sink_options, wait_for_server
-from helpers import kafka_read_all, stream_entries, wait_redis as _wait_redis
-
-
-def q(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchall() if cur.description else None
-
-
-def uid():
-    return uuid.uuid4().hex[:8]
+from helpers import kafka_read_all, q, stream_entries, uid, wait_redis as _wait_redis
 
 
 def flush(conn, sink, timeout="60s"):

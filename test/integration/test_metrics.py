@@ -11,23 +11,13 @@ import re
 import signal
 import tempfile
 import time
-import uuid
 
 import psycopg2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import connect, free_port, make_sink, pg_script, wait_for_server
-
-
-def q(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchall() if cur.description else None
-
-
-def uid():
-    return uuid.uuid4().hex[:8]
+from helpers import q, uid
 
 
 def flush(conn, sink, timeout="60s"):

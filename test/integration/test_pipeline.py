@@ -10,22 +10,11 @@ import json
 import os
 import signal
 import time
-import uuid
 
 import psycopg2
 
 from conftest import connect, make_sink, wait_for_server
-from helpers import stream_entries
-
-
-def q(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchall() if cur.description else None
-
-
-def uid():
-    return uuid.uuid4().hex[:8]
+from helpers import q, stream_entries, uid
 
 
 def inflight(conn, sink):
