@@ -553,6 +553,34 @@ append_json_string(StringInfo out, const char *p, int len)
 	appendStringInfoChar(out, '"');
 }
 
+/*
+ * int2/int4/int8 as int2out/int4out/int8out print them (always a valid JSON
+ * number), without the output function's palloc and the number check.
+ */
+static bool
+append_int(StringInfo out, Oid typid, Datum v)
+{
+	char		num[MAXINT8LEN + 1];
+	int			n;
+
+	switch (typid)
+	{
+		case INT2OID:
+			n = pg_ltoa((int32) DatumGetInt16(v), num);
+			break;
+		case INT4OID:
+			n = pg_ltoa(DatumGetInt32(v), num);
+			break;
+		case INT8OID:
+			n = pg_lltoa(DatumGetInt64(v), num);
+			break;
+		default:
+			return false;
+	}
+	appendBinaryStringInfo(out, num, n);
+	return true;
+}
+
 static void
 fast_value(BkAttOut *o, Oid typid, Datum v, StringInfo out)
 {
@@ -570,6 +598,8 @@ fast_value(BkAttOut *o, Oid typid, Datum v, StringInfo out)
 			appendStringInfoChar(out, '"');
 			return;
 		case BKJ_NUMBER:
+			if (append_int(out, typid, v))
+				return;
 			s = OutputFunctionCall(&o->outfn, v);
 			{
 				int			n = strlen(s);
@@ -680,6 +710,8 @@ attr_text(BkChunkReader *r, HeapTupleHeader tup, int attno, StringInfo out)
 			appendStringInfoString(out, DatumGetBool(r->values[attno - 1]) ? "t" : "f");
 			return true;
 		}
+		if (o->cat == BKJ_NUMBER && append_int(out, r->atts[attno - 1].typid, r->values[attno - 1]))
+			return true;
 		if (o->cat == BKJ_DATETIME)
 		{
 			Oid			outfunc;

@@ -460,6 +460,19 @@ typedef struct BatchBuild
 	PendingField *fields;
 	int			nfields,
 				maxfields;
+	/*
+	 * What every row of one chunk shares, stored once per chunk: its source
+	 * name and, when the target template does not depend on the row, the
+	 * rendered target (and the template entry found for the chunk's layout).
+	 */
+	int64		chunk_id;
+	bool		chunk_valid;
+	size_t		chunk_src_off,
+				chunk_src_len;
+	struct TemplateEntry *chunk_te;
+	bool		chunk_tgt_valid;
+	size_t		chunk_tgt_off,
+				chunk_tgt_len;
 	char		error[256];
 } BatchBuild;
 
@@ -651,11 +664,22 @@ collect_message(BkMessage *m, void *arg)
 	}
 	p->val_len = m->value.len;
 	p->val_off = arena_add(b, m->value.data, m->value.len);
+	if (m->source && (!b->chunk_valid || b->chunk_id != m->chunk_id))
+	{
+		/* first row of a chunk: what the chunk's rows share */
+		b->chunk_valid = true;
+		b->chunk_id = m->chunk_id;
+		b->chunk_src_len = strlen(m->source);
+		b->chunk_src_off = arena_add(b, m->source, b->chunk_src_len);
+		b->chunk_te = m->target ? NULL :
+			template_for(s, m->reader, m->source, b->error, sizeof(b->error));
+		b->chunk_tgt_valid = false;
+	}
 	if (m->source)
 	{
 		p->has_source = true;
-		p->src_len = strlen(m->source);
-		p->src_off = arena_add(b, m->source, p->src_len);
+		p->src_len = b->chunk_src_len;
+		p->src_off = b->chunk_src_off;
 	}
 
 	/* target: explicit (replayed dead letter), outbox, or the rendered template */
@@ -671,12 +695,20 @@ collect_message(BkMessage *m, void *arg)
 		p->tgt_len = strlen(s->outbox_target);
 		p->tgt_off = arena_add(b, s->outbox_target, p->tgt_len);
 	}
+	else if (b->chunk_tgt_valid)
+	{
+		/* a template that names no column: rendered once for the chunk */
+		p->has_target = true;
+		p->tgt_len = b->chunk_tgt_len;
+		p->tgt_off = b->chunk_tgt_off;
+	}
 	else
 	{
-		TemplateEntry *te = template_for(s, m->reader, m->source, b->error, sizeof(b->error));
+		TemplateEntry *te = b->chunk_te;
 
 		if (te != NULL)
 		{
+			bool		is_static = bk_template_is_static(te->tpl);
 			bk_slice   *vals = palloc0(sizeof(bk_slice) * Max(te->ncols, 1));
 			StringInfoData v;
 			bk_buf		out = BK_BUF_INIT;
@@ -685,7 +717,7 @@ collect_message(BkMessage *m, void *arg)
 			bk_status	st;
 
 			initStringInfo(&v);
-			if (!bk_template_is_static(te->tpl))
+			if (!is_static)
 			{
 				/* only the columns the template names are rendered as text */
 				for (int i = 0; i < te->ncols; i++)
@@ -702,11 +734,18 @@ collect_message(BkMessage *m, void *arg)
 				p->has_target = true;
 				p->tgt_len = len;
 				p->tgt_off = arena_add(b, out.data + off, len);
+				if (is_static)
+				{
+					b->chunk_tgt_valid = true;
+					b->chunk_tgt_off = p->tgt_off;
+					b->chunk_tgt_len = len;
+				}
 			}
 			else
 				snprintf(b->error, sizeof(b->error), "rendering the target failed: %s", st.message);
 			bk_buf_free(&out);
 			pfree(v.data);
+			pfree(vals);
 		}
 	}
 
@@ -758,6 +797,33 @@ collect_message(BkMessage *m, void *arg)
 }
 
 /* ---- one delivery round for one sink ---------------------------------------------- */
+
+/*
+ * The sink's depth counter (slot->queued), rebuilt from the queue table the
+ * first time the worker serves the sink after start-up: from then on the
+ * worker and every reader of sink_stats / metrics() use the counter instead of
+ * summing the queue (a read would otherwise scan the whole backlog, and more
+ * of it the longer a drain has been deleting chunks). The same rebuild as the
+ * writers' max_queue check does; a commit racing it is caught by the worker's
+ * look at the queue once per naptime.
+ */
+static BkSinkSlot *
+rebuild_depth(SinkRuntime *s)
+{
+	BkSinkSlot *slot = stats_slot(s);
+	bool		known;
+
+	if (slot == NULL || slot->depth_known)
+		return slot;
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	(void) bk_sink_depth(s->sink_id, &known);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return slot;
+}
 
 static bool force_reload = false;
 static SPIPlanPtr plan_current = NULL;
@@ -1167,7 +1233,7 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	bool		acked = false;
 	uint64		dead = 0;
 	bk_status	st;
-	BkSinkSlot *slot = stats_slot(s);
+	BkSinkSlot *slot = rebuild_depth(s);
 	uint64		depth = slot ? pg_atomic_read_u64(&slot->queued) : 1;
 	bool		known = slot ? slot->depth_known : false;
 	int			saved_sync = synchronous_commit;
