@@ -67,6 +67,7 @@ READS = {
     "stats": ["SELECT * FROM batchkit.sink_stats"],
     "metrics": ["SELECT batchkit.metrics()"],
     "select1": ["SELECT 1"],
+    "none": [],          # an A/A control: the reader wakes hz times a second, runs nothing
 }
 
 
@@ -179,46 +180,142 @@ def read_cost(conn, r, sink, rows, dbname, what, n=300):
     return backend, client
 
 
-def interleaved(conn, r, sink, rows, dbname, hz, what, slice_s):
-    """One drain; the reader alternates slice_s seconds on and off. Delivery is
-    measured from Redis (XLEN), so measuring touches no PostgreSQL process.
-    Returns [(reading, rows/s)] per whole slice."""
+def dose_reader(dbname, hz, reads, stop, what):
+    """Read at the rate in the shared value `hz` (0: idle, waking every 20 ms);
+    counts the reads done in `reads`."""
+    conn = connect(dbname)
     cur = conn.cursor()
+    nxt = time.monotonic()
+    while not stop.is_set():
+        rate = hz.value
+        if rate <= 0:
+            stop.wait(0.02)
+            nxt = time.monotonic()
+            continue
+        for sql in READS[what]:
+            cur.execute(sql)
+            cur.fetchall()
+        with reads.get_lock():
+            reads.value += 1
+        nxt += 1.0 / rate
+        delay = nxt - time.monotonic()
+        if delay > 0:
+            stop.wait(delay)
+        else:
+            nxt = time.monotonic()
+    conn.close()
+
+
+def load_backlog(cur, sink, rows):
     table = f"bench_{uuid.uuid4().hex[:8]}"
-    key = f"s:{table}"
     cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL, at timestamptz NOT NULL)")
     cur.execute("SELECT batchkit.capture(%s::regclass, %s, ARRAY['insert'])", (table, sink))
     cur.execute("SELECT batchkit.pause_sink(%s)", (sink,))
     cur.execute(f"INSERT INTO {table} SELECT g, md5(g::text), now() FROM generate_series(1, %s) g",
                 (rows,))
     cur.execute("CHECKPOINT")
-    stop, gate, out = mp.Event(), mp.Event(), mp.Queue()
-    proc = mp.Process(target=reader, args=(dbname, hz, stop, out, what, gate))
-    proc.start()
-    time.sleep(0.5)
-    cur.execute("SELECT batchkit.resume_sink(%s)", (sink,))
-    slices = []
-    reading = False
-    t_prev, n_prev = time.monotonic(), r.xlen(key)
-    while n_prev < rows:
-        time.sleep(slice_s)
-        t, n = time.monotonic(), r.xlen(key)
-        slices.append((reading, (n - n_prev) / (t - t_prev), n >= rows))
-        reading = not reading
-        (gate.set if reading else gate.clear)()
-        t_prev, n_prev = t, n
-    stop.set()
-    gate.set()
-    out.get(timeout=30)
-    proc.join(30)
+    return table
+
+
+def drop_backlog(cur, r, sink, table, rows):
+    key = f"s:{table}"
     cur.execute("SELECT batchkit.flush(%s, '300 s')", (sink,))
-    assert cur.fetchone()[0] and r.xlen(key) == rows
+    assert cur.fetchone()[0] and r.xlen(key) == rows, f"{r.xlen(key)} of {rows} rows in Redis"
     cur.execute("SELECT batchkit.uncapture(%s::regclass, %s)", (table, sink))
     cur.execute(f"DROP TABLE {table}")
     r.delete(key)
     cur.execute("SELECT * FROM batchkit.maintain_queue()")
-    # the first slice ramps up, the last one is partial
-    return [(on, rate) for on, rate, last in slices[1:] if not last]
+
+
+def interleaved(conn, r, sink, rows, dbname, rates, what, slice_s, rng):
+    """One drain cut into blocks of slices, one slice per mode in `rates` (reads
+    per second, 0 = no reader) in a random order per block, so that nothing
+    periodic on the machine lines up with one mode. Delivery is counted from
+    Redis (XLEN): measuring touches no PostgreSQL process.
+    Returns the complete blocks: [[(hz asked, reads/s done, rows/s), ...], ...]."""
+    cur = conn.cursor()
+    table = load_backlog(cur, sink, rows)
+    key = f"s:{table}"
+    stop = mp.Event()
+    hz, reads = mp.Value("d", 0.0), mp.Value("q", 0)
+    proc = mp.Process(target=dose_reader, args=(dbname, hz, reads, stop, what))
+    proc.start()
+    time.sleep(0.5)
+    cur.execute("SELECT batchkit.resume_sink(%s)", (sink,))
+    time.sleep(slice_s)                       # ramp-up, not measured
+    blocks, block, order = [], [], []
+    t_prev, n_prev, k_prev = time.monotonic(), r.xlen(key), reads.value
+    while n_prev < rows:
+        if not order:
+            if len(block) == len(rates):
+                blocks.append(block)
+            block, order = [], rng.sample(list(rates), len(rates))
+        mode = order.pop()
+        hz.value = mode
+        time.sleep(slice_s)
+        t, n, k = time.monotonic(), r.xlen(key), reads.value
+        if n >= rows:
+            break                             # the drain ended inside this slice
+        block.append((mode, (k - k_prev) / (t - t_prev), (n - n_prev) / (t - t_prev)))
+        t_prev, n_prev, k_prev = t, n, k
+    if len(block) == len(rates) and n < rows:
+        blocks.append(block)
+    stop.set()
+    proc.join(30)
+    drop_backlog(cur, r, sink, table, rows)
+    return blocks
+
+
+def bootstrap(blocks, stat, rng, n=2000):
+    vals = sorted(stat([blocks[rng.randrange(len(blocks))] for _ in blocks]) for _ in range(n))
+    return vals[int(0.025 * n)], vals[int(0.975 * n) - 1]
+
+
+def analyse(blocks, hz, rng):
+    """Per block, ln(rows/s of a mode / rows/s of the quiet slices), quiet being
+    the mean of the block's quiet slices' logs. The effect at `hz` is read two
+    ways: directly from the hz slices (noisy: slice-to-slice noise is ~10% here)
+    and from the slope through the origin of ln(ratio) against the reads per
+    second actually done, fitted over every reading slice — the high-rate slices
+    make the cost large enough to measure, and the slope scales it down to hz.
+    95% intervals from a bootstrap over blocks. An A/A figure compares the two
+    quiet slices of each block (when there are two): the method's own bias."""
+    import math
+
+    def logs(b):
+        q = [math.log(rate) for h, _, rate in b if h == 0]
+        base = sum(q) / len(q)
+        return [(h, done, math.log(rate) - base) for h, done, rate in b if h > 0], q
+
+    def direct(bs):
+        ys = [y for blk in bs for h, _, y in logs(blk)[0] if h == hz]
+        return math.exp(sum(ys) / len(ys)) - 1 if ys else float("nan")
+
+    def slope(bs):
+        pts = [(done, y) for blk in bs for _, done, y in logs(blk)[0]]
+        sxx = sum(d * d for d, _ in pts)
+        return sum(d * y for d, y in pts) / sxx if sxx else float("nan")
+
+    def at_hz(bs):
+        return math.exp(hz * slope(bs)) - 1
+
+    def aa(bs):
+        ys = [q[1] - q[0] for q in (logs(blk)[1] for blk in bs) if len(q) >= 2]
+        return math.exp(sum(ys) / len(ys)) - 1 if ys else float("nan")
+
+    res = {"blocks": len(blocks), "direct": direct(blocks), "direct_ci": bootstrap(blocks, direct, rng),
+           "slope_per_hz": slope(blocks), "at_hz": at_hz(blocks),
+           "at_hz_ci": bootstrap(blocks, at_hz, rng)}
+    if any(sum(1 for h, _, _ in b if h == 0) >= 2 for b in blocks):
+        res.update(aa=aa(blocks), aa_ci=bootstrap(blocks, aa, rng))
+    by = {}
+    for b in blocks:
+        for h, done, rate in b:
+            by.setdefault(h, []).append((done, rate))
+    res["modes"] = {str(h): {"slices": len(v), "reads_per_s": statistics.mean(d for d, _ in v),
+                             "median_rows_per_s": statistics.median(r for _, r in v)}
+                    for h, v in sorted(by.items())}
+    return res
 
 
 def main():
@@ -228,8 +325,14 @@ def main():
     ap.add_argument("--hz", type=float, default=10.0)
     ap.add_argument("--interleaved-rows", type=int, default=3_000_000,
                     help="rows of the interleaved drain (0: skip it)")
-    ap.add_argument("--slice", type=float, default=2.0,
-                    help="seconds per on/off slice of the interleaved drain")
+    ap.add_argument("--slice", type=float, default=1.0,
+                    help="seconds per slice of the interleaved drains")
+    ap.add_argument("--interleaved-drains", type=int, default=2,
+                    help="interleaved drains (their blocks are pooled)")
+    ap.add_argument("--dose-hz", default="10,100",
+                    help="reader rates of the interleaved drains' reading slices, besides two "
+                         "quiet slices per block")
+    ap.add_argument("--seed", type=int, default=20261128, help="slice order of the blocks")
     ap.add_argument("--read", choices=sorted(READS), default="both",
                     help="what the reader runs (diagnostics; the target is about 'both')")
     ap.add_argument("--out", help="write every measurement as JSON to this file")
@@ -237,6 +340,7 @@ def main():
     t_all = time.monotonic()
     out = {"benchmark": "metrics", "argv": sys.argv[1:], "rows": args.rows, "reps": args.reps,
            "hz": args.hz, "read": args.read, "interleaved_rows": args.interleaved_rows,
+           "interleaved_drains": args.interleaved_drains, "dose_hz": args.dose_hz,
            "slice_s": args.slice, "loadavg_start": list(os.getloadavg())}
     started = load_env()
     dbname = f"bk_bench_metrics_{uuid.uuid4().hex[:6]}"
@@ -302,31 +406,37 @@ def main():
                   f"({100 * (statistics.median(pairs) - 1):+.2f}%)  per rep: "
                   + ", ".join(f"{p:.4f}" for p in pairs))
         if args.interleaved_rows:
+            import random
+            rng = random.Random(args.seed)
+            rates = [0.0, 0.0] + [float(x) for x in args.dose_hz.split(",")]
+            blocks = []
+            for i in range(args.interleaved_drains):
+                got = interleaved(conn, r, sink, args.interleaved_rows, dbname, rates, args.read,
+                                  args.slice, rng)
+                blocks.extend(got)
+                print(f"interleaved drain {i + 1} of {args.interleaved_rows:,} rows: {len(got)} "
+                      "blocks of " + "/".join(f"{h:g}" for h in rates) + " Hz slices of "
+                      f"{args.slice:g} s; rows/s (hz asked:reads done:rows/s): " + "  ".join(
+                          " ".join(f"{h:g}:{d:.0f}:{x / 1000:.0f}k" for h, d, x in b)
+                          for b in got), flush=True)
+            res = analyse(blocks, args.hz, rng)
+            res.update(rows_per_drain=args.interleaved_rows, drains=args.interleaved_drains,
+                       rates=rates, slice_s=args.slice, seed=args.seed,
+                       data=[[list(x) for x in b] for b in blocks])
+            out["interleaved"] = res
             print()
-            sl = interleaved(conn, r, sink, args.interleaved_rows, dbname, args.hz, args.read,
-                             args.slice)
-            on = [rate for reading, rate in sl if reading]
-            off = [rate for reading, rate in sl if not reading]
-            # each reading slice against the mean of the quiet slices around it
-            paired = [sl[i][1] / ((sl[i - 1][1] + sl[i + 1][1]) / 2)
-                      for i in range(1, len(sl) - 1)
-                      if sl[i][0] and not sl[i - 1][0] and not sl[i + 1][0]]
-            out["interleaved"] = {
-                "slices": [{"reading": reading, "rows_per_s": rate} for reading, rate in sl],
-                "median_quiet": statistics.median(off) if off else None,
-                "median_reading": statistics.median(on) if on else None,
-                "paired_ratios": paired,
-                "median_paired_ratio": statistics.median(paired) if paired else None}
-            print(f"interleaved drain of {args.interleaved_rows:,} rows, reader {args.slice:g} s on / "
-                  f"{args.slice:g} s off: {len(on)} reading and {len(off)} quiet slices")
-            print(f"  median quiet slice   {statistics.median(off):10,.0f} rows/s")
-            print(f"  median reading slice {statistics.median(on):10,.0f} rows/s")
-            print(f"  ratio of medians:               {statistics.median(on) / statistics.median(off):.4f}"
-                  f"  ({100 * (statistics.median(on) / statistics.median(off) - 1):+.2f}%)")
-            print(f"  median of paired ratios ({len(paired)}):     {statistics.median(paired):.4f}"
-                  f"  ({100 * (statistics.median(paired) - 1):+.2f}%)")
-            print("  slices (R = reading): " + " ".join(
-                f"{'R' if reading else 'q'}{rate / 1000:.0f}k" for reading, rate in sl))
+            for h, m in res["modes"].items():
+                print(f"  {float(h):5g} Hz asked: {m['slices']:3d} slices, {m['reads_per_s']:6.1f} "
+                      f"reads/s done, median {m['median_rows_per_s']:10,.0f} rows/s")
+            print(f"  change at {args.hz:g} Hz, directly ({res['blocks']} blocks):   "
+                  f"{res['direct']:+.2%}  (95% CI {res['direct_ci'][0]:+.2%} .. "
+                  f"{res['direct_ci'][1]:+.2%})")
+            print(f"  change at {args.hz:g} Hz, from the slope over all rates: {res['at_hz']:+.2%}"
+                  f"  (95% CI {res['at_hz_ci'][0]:+.2%} .. {res['at_hz_ci'][1]:+.2%}); "
+                  f"{100 * res['slope_per_hz']:+.4f}% per read/s")
+            if "aa" in res:
+                print(f"  A/A (quiet vs quiet, the method's bias):       {res['aa']:+.2%}  "
+                      f"(95% CI {res['aa_ci'][0]:+.2%} .. {res['aa_ci'][1]:+.2%})")
         conn.close()
         if args.out:
             out["seconds"] = time.monotonic() - t_all

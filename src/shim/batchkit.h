@@ -47,8 +47,9 @@ typedef struct BkWorkerSlot {
  * Per-sink shared state, keyed by (database, sink_id). `queued` counts committed,
  * unacknowledged records: writers add at commit (queue.c's XactCallback), the flush
  * worker subtracts at acknowledgement. It is rebuilt from the queue table the first
- * time a sink is seen after start-up (depth_known), so reading it never needs a
- * count(*). Atomics: writers never take a lock to update it.
+ * time the flush worker serves the sink after start-up, or a writer checks the sink's
+ * max_queue (depth_known), so reading it never needs a count(*). Atomics: writers
+ * never take a lock to update it.
  */
 typedef struct BkSinkSlot {
     bool in_use;
