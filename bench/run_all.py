@@ -59,7 +59,8 @@ BENCHES = [
      ["--quick", "--phases", "drain,e2e,steady,memory,sweep", "--sweep-rows", "20000"],
      "latest", 19),
     ("metrics", "bench/metrics/run.py",
-     ["--rows", "1000000", "--reps", "4", "--interleaved-rows", "4000000", "--slice", "1"],
+     ["--rows", "1000000", "--reps", "2", "--interleaved-rows", "6000000",
+      "--interleaved-drains", "3", "--slice", "1"],
      ["--rows", "100000", "--reps", "1", "--interleaved-rows", "0"], "out", 6.5),
 ]
 QUICK_MINUTES = {"upsert": 0.5, "capture": 1, "flush": 2.5, "metrics": 1}

@@ -151,3 +151,55 @@ def test_report_sweep_without_plateau(tmp_path):
     md = open(tmp_path / "REPORT.md").read()
     assert "no plateau: the rate falls again after batch_size 1,000" in md
     assert "Worker CPU per row is lowest at batch_size 1,000" in md
+
+
+def dose_result(at_hz, ci):
+    return {"blocks": 12, "direct": at_hz, "direct_ci": [at_hz - 0.05, at_hz + 0.05],
+            "slope_per_hz": at_hz / 10, "at_hz": at_hz, "at_hz_ci": ci,
+            "aa": 0.001, "aa_ci": [-0.06, 0.06], "rows_per_drain": 6_000_000, "drains": 3,
+            "rates": [0.0, 0.0, 10.0, 100.0], "slice_s": 1.0, "seed": 1,
+            "modes": {"0.0": {"slices": 24, "reads_per_s": 0.1, "median_rows_per_s": 300_000.0},
+                      "10.0": {"slices": 12, "reads_per_s": 10.1, "median_rows_per_s": 299_000.0},
+                      "100.0": {"slices": 12, "reads_per_s": 99.0,
+                                "median_rows_per_s": 290_000.0}}}
+
+
+def test_report_judges_metrics_by_the_dose_interval(tmp_path):
+    """With randomized reader-rate drains, the verdict is the 95% interval of the change
+    at 10 Hz: met when it lies inside +-2%, not met when it reaches past it."""
+    for ci, verdict in (([-0.012, -0.004], "**met**"), ([-0.025, -0.004], "**not met**")):
+        d = tmp_path / verdict.strip("*").replace(" ", "_")
+        fixture(str(d))
+        path = d / "report-data" / "metrics.json"
+        m = json.load(open(path))
+        m["pair_ratios"] = [0.90, 1.25]     # noisy A/B pairs no longer decide
+        m["interleaved"] = dose_result(-0.008, ci)
+        json.dump(m, open(path, "w"))
+        p = subprocess.run([sys.executable, REPORT, "--dir", str(d)], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        md = open(d / "REPORT.md").read()
+        assert (f"| -0.80% ({ci[0]:+.2%} .. {ci[1]:+.2%}) | change < 2% | {verdict} |"
+                in md), verdict
+        assert "10 Hz | 12 | 10.1 | 299,000 rows/s" in md
+
+
+def test_metrics_dose_analysis():
+    """bench/metrics/run.py's analysis on synthetic blocks: each read/s costs 0.1% of
+    the throughput, the quiet slices are identical: the slope gives -1.0% at 10 Hz,
+    the direct 10 Hz comparison too, the A/A comparison 0."""
+    import random
+    sys.path.insert(0, os.path.join(ROOT, "bench", "metrics"))
+    import run as metrics_run
+    rng = random.Random(1)
+    blocks = []
+    for i in range(10):
+        base = 250_000 + 10_000 * i         # drift between blocks cancels within a block
+        blocks.append([(h, h, base * (1 - 0.001) ** h) for h in rng.sample([0, 0, 10, 100], 4)])
+    res = metrics_run.analyse(blocks, 10.0, rng)
+    assert abs(res["at_hz"] - (0.999 ** 10 - 1)) < 1e-9
+    assert abs(res["direct"] - (0.999 ** 10 - 1)) < 1e-9
+    assert abs(res["aa"]) < 1e-12
+    lo, hi = res["at_hz_ci"]
+    assert lo <= res["at_hz"] <= hi and hi - lo < 1e-9
+    assert res["modes"]["100"]["slices"] == 10 and res["blocks"] == 10
