@@ -9,7 +9,11 @@
 -- reads itself (as the catalog's owner). See docs/metrics.md.
 
 -- The functions read the catalog as its owner with a fixed search_path, so
--- nothing on a caller's path runs with the owner's rights.
+-- nothing on a caller's path runs with the owner's rights. Their queries probe
+-- the queue's (sink_id, chunk_id) index for the oldest chunk; with sequential
+-- and bitmap scans off, a plan made while a queue segment was small or empty
+-- cannot turn into a scan of the whole backlog on every call once it is full
+-- (seen: ~65 ms per read, a drain 20% slower under a 10 Hz reader).
 CREATE FUNCTION batchkit._sink_stats(
     OUT sink text, OUT kind text, OUT state text,
     OUT rows_queued bigint, OUT oldest_queued_age interval,
@@ -23,14 +27,16 @@ CREATE FUNCTION batchkit._sink_stats(
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'batchkit_sink_stats'
     LANGUAGE C VOLATILE STRICT
-    SET search_path = pg_catalog, pg_temp;
+    SET search_path = pg_catalog, pg_temp
+    SET enable_seqscan = off SET enable_bitmapscan = off;
 
 CREATE FUNCTION batchkit._batch_histograms(
     OUT sink text, OUT metric text, OUT le double precision, OUT count bigint)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'batchkit_batch_histograms'
     LANGUAGE C VOLATILE STRICT
-    SET search_path = pg_catalog, pg_temp;
+    SET search_path = pg_catalog, pg_temp
+    SET enable_seqscan = off SET enable_bitmapscan = off;
 
 -- Thin views over the functions, pg_stat_statements style: every sink of this
 -- database, in name order, zero counters until it first flushes.
@@ -45,7 +51,8 @@ COMMENT ON VIEW batchkit.batch_histograms IS
 CREATE FUNCTION batchkit.metrics() RETURNS text
     AS 'MODULE_PATHNAME', 'batchkit_metrics'
     LANGUAGE C VOLATILE
-    SET search_path = pg_catalog, pg_temp;
+    SET search_path = pg_catalog, pg_temp
+    SET enable_seqscan = off SET enable_bitmapscan = off;
 COMMENT ON FUNCTION batchkit.metrics() IS
     'This database''s sink and upsert statistics in the Prometheus text exposition format';
 

@@ -323,13 +323,27 @@ op_name(char op)
 	}
 }
 
+/* What every row of a chunk shares in its envelope, with lengths (no strlen per row). */
+typedef struct ChunkEnvelope
+{
+	const char *txid;
+	int			txid_len;
+	const char *ts;
+	int			ts_len;
+	const char *source_json;
+	int			source_json_len;
+} ChunkEnvelope;
+
+#define APPEND_LIT(buf, lit) appendBinaryStringInfo((buf), (lit), sizeof(lit) - 1)
+
 /* Encode one row record into m->key / m->value. */
 static void
 encode_row(BkChunkReader *r, BkChunkRecordView *rec, BkMessage *m, int format,
-		   const char *txid, const char *ts, const char *r_source_json)
+		   const ChunkEnvelope *env)
 {
 	HeapTupleHeader keytup = rec->after ? rec->after : rec->before;
 	bool		include_before = (r->hdr->flags & BK_CHUNK_FLAG_INCLUDE_BEFORE) != 0;
+	StringInfo	v = &m->value;
 
 	m->row = keytup;
 	m->has_key = true;
@@ -337,32 +351,45 @@ encode_row(BkChunkReader *r, BkChunkRecordView *rec, BkMessage *m, int format,
 	if (format == BK_FORMAT_ROW)
 	{
 		if (rec->op == BK_REC_DELETE)
-			bk_chunk_row_json(r, keytup, !include_before, &m->value);
+			bk_chunk_row_json(r, keytup, !include_before, v);
 		else
-			bk_chunk_row_json(r, rec->after, false, &m->value);
+			bk_chunk_row_json(r, rec->after, false, v);
 		return;
 	}
-	appendStringInfoString(&m->value, "{\"op\":\"");
-	appendStringInfoString(&m->value, op_name(rec->op));
-	appendStringInfoString(&m->value, "\",\"table\":");
-	appendStringInfoString(&m->value, r_source_json);
-	appendStringInfoString(&m->value, ",\"key\":");
-	bk_chunk_row_json(r, keytup, true, &m->value);
-	appendStringInfoString(&m->value, ",\"before\":");
-	append_json_or_null(&m->value, r, include_before ? rec->before : NULL);
-	appendStringInfoString(&m->value, ",\"after\":");
-	append_json_or_null(&m->value, r, rec->after);
+	switch (rec->op)
+	{
+		case BK_REC_INSERT:
+			APPEND_LIT(v, "{\"op\":\"insert\",\"table\":");
+			break;
+		case BK_REC_UPDATE:
+			APPEND_LIT(v, "{\"op\":\"update\",\"table\":");
+			break;
+		case BK_REC_DELETE:
+			APPEND_LIT(v, "{\"op\":\"delete\",\"table\":");
+			break;
+		default:
+			APPEND_LIT(v, "{\"op\":\"message\",\"table\":");
+			break;
+	}
+	appendBinaryStringInfo(v, env->source_json, env->source_json_len);
+	APPEND_LIT(v, ",\"key\":");
+	bk_chunk_row_json(r, keytup, true, v);
+	APPEND_LIT(v, ",\"before\":");
+	append_json_or_null(v, r, include_before ? rec->before : NULL);
+	APPEND_LIT(v, ",\"after\":");
+	append_json_or_null(v, r, rec->after);
 	{
 		char		num[MAXINT8LEN + 1];
+		int			n;
 
-		appendStringInfoString(&m->value, ",\"txid\":");
-		appendStringInfoString(&m->value, txid);
-		appendStringInfoString(&m->value, ",\"seq\":");
-		pg_lltoa(m->seq, num);
-		appendStringInfoString(&m->value, num);
-		appendStringInfoString(&m->value, ",\"ts\":\"");
-		appendStringInfoString(&m->value, ts);
-		appendStringInfoString(&m->value, "\"}");
+		APPEND_LIT(v, ",\"txid\":");
+		appendBinaryStringInfo(v, env->txid, env->txid_len);
+		APPEND_LIT(v, ",\"seq\":");
+		n = pg_lltoa(m->seq, num);
+		appendBinaryStringInfo(v, num, n);
+		APPEND_LIT(v, ",\"ts\":\"");
+		appendBinaryStringInfo(v, env->ts, env->ts_len);
+		APPEND_LIT(v, "\"}");
 	}
 }
 
@@ -413,6 +440,7 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 		char		ts[MAXDATELEN + 1];
 		char	   *source;
 		char	   *source_json = NULL;
+		ChunkEnvelope env;
 		int32		start,
 					end;
 		MemoryContext old;
@@ -442,6 +470,10 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 		SPI_freetuptable(SPI_tuptable);
 
 		bk_chunk_open(&reader, data, len);
+		env.txid = txid;
+		env.txid_len = strlen(txid);
+		env.ts = ts;
+		env.ts_len = strlen(ts);
 		source = reader.hdr->kind == BK_CHUNK_KIND_ROWS ?
 			psprintf("%s.%s", reader.schema, reader.table) : NULL;
 		if (source)
@@ -452,6 +484,8 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 			escape_json(&sj, source);
 			source_json = sj.data;
 		}
+		env.source_json = source_json;
+		env.source_json_len = source_json ? strlen(source_json) : 0;
 		while (bk_chunk_next(&reader, &rec))
 		{
 			BkMessage	m;
@@ -485,7 +519,7 @@ bk_batch_decode(BkBatch *batch, int format, bk_message_cb cb, void *arg)
 				m.targetlen = rec.targetlen;
 			}
 			else
-				encode_row(&reader, &rec, &m, format, txid, ts, source_json);
+				encode_row(&reader, &rec, &m, format, &env);
 			cb(&m, arg);
 			keybuf = m.key;		/* keep what the buffers grew to */
 			valbuf = m.value;

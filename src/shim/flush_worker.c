@@ -1499,6 +1499,15 @@ batchkit_flush_worker_main(Datum main_arg)
 	 * and operators its queries run.
 	 */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Every query of the worker reaches the queue through its (sink_id,
+	 * chunk_id) index. Its plans are kept for the worker's life; one made while
+	 * a queue segment was small or empty (statistics of an analyzed, drained
+	 * segment) must not become a scan of the whole backlog once it is full.
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	/* a send stalled on the network gives way to shutdown, DROP DATABASE, barriers */
 	bk_sink_set_interrupt_flag((const volatile int *) &InterruptPending);
 
