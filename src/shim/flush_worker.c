@@ -1508,6 +1508,8 @@ batchkit_flush_worker_main(Datum main_arg)
 	 */
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/* short queries run over and over: compiling them (jit_above_cost) only costs */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	/* a send stalled on the network gives way to shutdown, DROP DATABASE, barriers */
 	bk_sink_set_interrupt_flag((const volatile int *) &InterruptPending);
 
