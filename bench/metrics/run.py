@@ -99,27 +99,26 @@ def reader(dbname, hz, stop, out, what="both", gate=None):
             cur.fetchall()
         busy += time.monotonic() - t0
         n += 1
-        nxt += period
-        delay = nxt - time.monotonic()
-        if delay > 0:
-            stop.wait(delay)
-        else:
-            nxt = time.monotonic()
+        nxt = wait_for_next(nxt, period, stop)
     conn.close()
     out.put((n, busy, time.monotonic() - start))
 
 
+def wait_for_next(nxt, period, stop):
+    """Sleep until the next read is due (at once when behind); returns its time."""
+    nxt += period
+    delay = nxt - time.monotonic()
+    if delay > 0:
+        stop.wait(delay)
+        return nxt
+    return time.monotonic()
+
+
 def drain(conn, r, sink, rows, dbname, hz, with_readers, what="both"):
     cur = conn.cursor()
-    table = f"bench_{uuid.uuid4().hex[:8]}"
-    cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL, at timestamptz NOT NULL)")
-    cur.execute("SELECT batchkit.capture(%s::regclass, %s, ARRAY['insert'])", (table, sink))
-    cur.execute("SELECT batchkit.pause_sink(%s)", (sink,))
-    cur.execute(f"INSERT INTO {table} SELECT g, md5(g::text), now() FROM generate_series(1, %s) g",
-                (rows,))
+    table = load_backlog(cur, sink, rows)
     cur.execute("SELECT rows_queued FROM batchkit.sink_stats WHERE sink = %s", (sink,))
     assert cur.fetchone()[0] == rows
-    cur.execute("CHECKPOINT")
     before = r.xlen(f"s:{table}")
 
     proc = None
@@ -159,12 +158,7 @@ def read_cost(conn, r, sink, rows, dbname, what, n=300):
     """CPU per read (the server backend's and this client's) with `rows` rows queued:
     what the reader takes away from the drain, measured without timing noise."""
     cur = conn.cursor()
-    table = f"bench_{uuid.uuid4().hex[:8]}"
-    cur.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL, at timestamptz NOT NULL)")
-    cur.execute("SELECT batchkit.capture(%s::regclass, %s, ARRAY['insert'])", (table, sink))
-    cur.execute("SELECT batchkit.pause_sink(%s)", (sink,))
-    cur.execute(f"INSERT INTO {table} SELECT g, md5(g::text), now() FROM generate_series(1, %s) g",
-                (rows,))
+    table = load_backlog(cur, sink, rows)
     rc = connect(dbname)
     rcur = rc.cursor()
     rcur.execute("SELECT pg_backend_pid()")
@@ -206,12 +200,7 @@ def dose_reader(dbname, hz, reads, stop, what):
             cur.fetchall()
         with reads.get_lock():
             reads.value += 1
-        nxt += 1.0 / rate
-        delay = nxt - time.monotonic()
-        if delay > 0:
-            stop.wait(delay)
-        else:
-            nxt = time.monotonic()
+        nxt = wait_for_next(nxt, 1.0 / rate, stop)
     conn.close()
 
 
