@@ -663,7 +663,12 @@ xact_callback(XactEvent event, void *arg)
 				{
 					BkSinkSlot *slot = bk_sink_slot(MyDatabaseId, pending[i].sink_id, false);
 
-					if (slot && slot->depth_known)
+					/*
+					 * Applied while the counter is unknown too: the flush
+					 * worker's rebuild sees it move and sums the queue again
+					 * instead of storing a sum that missed this commit.
+					 */
+					if (slot)
 						apply_delta(slot, pending[i].delta);
 					/*
 					 * A paused sink's worker has nothing to do with new rows:
