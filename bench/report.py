@@ -35,6 +35,7 @@ CAPTURE_LABEL = {"none": "no capture (baseline)", "batchkit": "batchkit capture"
                  "row_trg": "PL/pgSQL row trigger -> outbox",
                  "stmt_trg": "PL/pgSQL statement trigger -> outbox", "pgq": "PgQ logutriga"}
 FLUSH_LABEL = {"batchkit": "batchkit flush worker",
+               "batchkit_noheaders": "batchkit flush worker, `\"headers\": false` (not the target)",
                "outbox": "statement trigger + outbox, Python relay",
                "pgq": "PgQ, Python consumer"}
 
@@ -409,8 +410,8 @@ class Report:
                     self.summary.append(("flush", f"drain {n:,} queued rows into {s}",
                                          rate(rates["batchkit"]), f">= {tgt:,} rows/s",
                                          verdict(rates["batchkit"] >= tgt)))
-                    peer = max((v for sy, v in rates.items() if sy != "batchkit" and v),
-                               default=None)
+                    peer = max((v for sy, v in rates.items()
+                                if not sy.startswith("batchkit") and v), default=None)
                     self.headline.append(f"flush: drain of {n:,} queued rows into {s} at "
                                          f"{rate(rates['batchkit'])}" +
                                          (f", {rates['batchkit'] / peer:.2f}x the best peer"

@@ -54,6 +54,7 @@ from benchlib import Table, log, median, pctl, src_select  # noqa: E402
 RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
 SYSTEMS = ["batchkit", "outbox", "pgq"]
 LABEL = {"batchkit": "batchkit flush worker",
+         "batchkit_noheaders": "batchkit flush worker, \"headers\": false",
          "outbox": "stmt trigger + outbox, Python relay (DELETE..SKIP LOCKED RETURNING)",
          "pgq": "PgQ logutriga, Python consumer"}
 TARGET_DRAIN = {"redis": 300_000, "kafka": 400_000}
@@ -363,9 +364,14 @@ class FlushBench:
         order = systems if rep % 2 == 0 else list(reversed(systems))
         for system in order:
             getattr(self, "drain_" + system)(n, rep, sinks, res)
+            if system == "batchkit" and "kafka" in sinks:
+                # the same drain without batchkit's three Kafka headers ("headers": false):
+                # what they cost, beside the default (informational; the target is the default)
+                self.drain_batchkit(n, f"{rep}nh", ["kafka"], res, extra={"headers": False},
+                                    label="batchkit_noheaders")
         return res
 
-    def drain_batchkit(self, n, rep, sinks, res, extra=None, progress=False):
+    def drain_batchkit(self, n, rep, sinks, res, extra=None, progress=False, label="batchkit"):
         self.reset_users()
         names = {}
         for s in sinks:
@@ -392,8 +398,8 @@ class FlushBench:
                 extra["verify"] = self.verify_kafka(self.broker, f"drain_bk_{rep}", n)
             extra.update(seconds=dt, rows_per_s=n / dt, load_s=t_load,
                          loadavg1=benchlib.loadavg()[0], sink_stats=self.sink_stats(names[s]))
-            res[("batchkit", s)] = extra
-            log(f"  drain batchkit -> {s:<5} rep {rep}: {dt:7.2f} s  {n / dt:9,.0f} rows/s  "
+            res[(label, s)] = extra
+            log(f"  drain {label} -> {s:<5} rep {rep}: {dt:7.2f} s  {n / dt:9,.0f} rows/s  "
                 f"worker CPU {extra['cpu_s']['worker']:.2f} s  "
                 f"(load {t_load:.2f} s; loadavg {extra['loadavg1']:.2f})")
         for s in sinks:
@@ -866,6 +872,14 @@ def main():
                           (rates[sy] / best_peer if sy == "batchkit" and best_peer else
                            (rates[sy] / rates["batchkit"] if "batchkit" in rates else None)),
                           tgt, note=f"{'worker' if sy == 'batchkit' else 'relay'} CPU {cpu:.1f} s")
+            nh = [r[("batchkit_noheaders", s)] for r in runs if ("batchkit_noheaders", s) in r]
+            if nh:
+                v = median([x["rows_per_s"] for x in nh])
+                cpu = median([x["cpu_s"].get("worker") or 0 for x in nh])
+                table.add(f"drain {n:,} rows -> {s}: {LABEL['batchkit_noheaders']}", v, "rows/s",
+                          rates.get("batchkit"),
+                          v / rates["batchkit"] if rates.get("batchkit") else None, None,
+                          note=f"worker CPU {cpu:.1f} s; informational")
     if "e2e" in phases:
         runs = [b.e2e(n, rep, sinks, systems) for rep in range(args.reps)]
         result["e2e"] = [key(r) for r in runs]

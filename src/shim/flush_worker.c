@@ -1185,8 +1185,10 @@ finish_flight(SinkRuntime *s, Flight *f, bool *interrupted)
 	for (int k = 0; k < f->nsend; k++)
 	{
 		f->results[f->map[k]] = f->sent[k];
+		/* the sink's text lives in its memory: copy it, but not the empty text of every OK */
 		if (f->sent[k].message)
-			f->results[f->map[k]].message = MemoryContextStrdup(f->cxt, f->sent[k].message);
+			f->results[f->map[k]].message = f->sent[k].message[0] == '\0' ? "" :
+				MemoryContextStrdup(f->cxt, f->sent[k].message);
 	}
 	if (f->oversize > 0 && summary.retryable == 0 && summary.rejected == 0)
 		snprintf(st.message, sizeof(st.message), "%zu message(s) exceed max_message_bytes",

@@ -189,6 +189,45 @@ TEST_F(KafkaSinkTest, Delivers100kKeyedMessagesPartitionedLikeJava) {
         ASSERT_EQ(seen[i], 1) << "seq " << i;
 }
 
+// "headers": false drops batchkit's op/table/idempotency_key headers (the envelope
+// carries them); a message's own headers still travel.
+TEST_F(KafkaSinkTest, HeadersFalseSendsOnlyTheMessagesOwnHeaders) {
+    const std::string topic = unique("bk-nohdr");
+    bk_sink *s = open({{"topic", topic}, {"headers", "false"}});
+    ASSERT_NE(s, nullptr);
+    std::string v0 = "{\"op\":\"insert\"}", v1 = "{\"op\":\"message\"}";
+    bk_field own{"trace", 5, "abc", 3};
+    std::vector<bk_message> m(2);
+    for (int i = 0; i < 2; i++) {
+        m[i] = bk_message{};
+        m[i].value = i ? v1.data() : v0.data();
+        m[i].value_len = i ? v1.size() : v0.size();
+        m[i].seq = 40 + i;
+        m[i].op = i ? BK_OP_MESSAGE : BK_OP_INSERT;
+        m[i].table = i ? nullptr : "public.t";
+        m[i].table_len = i ? 0 : 8;
+    }
+    m[1].headers = &own;
+    m[1].nheaders = 1;
+    std::vector<bk_send_result> r(2);
+    bk_status st{};
+    bk_send_summary sum;
+    ASSERT_EQ(bk_sink_send_batch(s, m.data(), 2, 1, r.data(), 30000, &sum, &st), BK_OK)
+        << st.message;
+    int32_t partitions = 0;
+    std::vector<Consumed> got = consume_all(bootstrap_, topic, 2, &partitions);
+    ASSERT_EQ(got.size(), 2u);
+    for (const Consumed &c : got) {
+        if (c.value == v0) {
+            EXPECT_TRUE(c.headers.empty()) << c.headers.size() << " header(s)";
+        } else {
+            ASSERT_EQ(c.value, v1);
+            EXPECT_EQ(c.headers.size(), 1u);
+            EXPECT_EQ(c.headers.at("trace"), "abc");
+        }
+    }
+}
+
 TEST_F(KafkaSinkTest, OversizedMessageIsRejectedOthersDelivered) {
     bk_sink *s = open({{"topic", unique("bk-big")}});
     ASSERT_NE(s, nullptr);

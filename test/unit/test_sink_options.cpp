@@ -411,6 +411,22 @@ TEST(KafkaOptions, WorkerOptions) {
     EXPECT_EQ(r.message, "option \"copy_payloads\" must be true or false, not the string \"no\"");
 }
 
+TEST(KafkaOptions, HeadersCanBeDroppedOnlyWithTheEnvelope) {
+    Result r = validate("kafka", kafka({}));
+    EXPECT_EQ(r.at("headers").value, "true");
+    EXPECT_TRUE(r.at("headers").is_default);
+    r = validate("kafka", kafka({B("headers", false)}));
+    ASSERT_TRUE(r.ok()) << r.message;
+    EXPECT_EQ(r.at("headers").value, "false");
+    r = validate("kafka", kafka({B("headers", false), S("format", "row")}));
+    EXPECT_EQ(r.code, BK_INVALID_ARGUMENT);
+    EXPECT_EQ(r.message, "option \"headers\" = false needs \"format\" = \"envelope\"");
+    r = validate("kafka", kafka({B("headers", true), S("format", "row")}));
+    EXPECT_TRUE(r.ok()) << r.message;
+    r = validate("kafka", kafka({S("headers", "off")}));
+    EXPECT_EQ(r.message, "option \"headers\" must be true or false, not the string \"off\"");
+}
+
 TEST(KafkaOptions, TransactionalIdIsRefused) {
     Result r = validate("kafka", kafka({S("transactional.id", "x")}));
     EXPECT_EQ(r.message, "option \"transactional.id\" is not supported");

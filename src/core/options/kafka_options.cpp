@@ -67,6 +67,7 @@ std::vector<std::string> kafka_option_names() {
     v.push_back("topic");
     v.push_back("partitioner");
     v.push_back("copy_payloads");
+    v.push_back("headers");
     std::sort(v.begin(), v.end());
     return v;
 }
@@ -168,7 +169,7 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
             cfg.add(std::move(o));
             continue;
         }
-        if (r.key == "copy_payloads") {
+        if (r.key == "copy_payloads" || r.key == "headers") {
             cfg.add(check_boolean(r));
             continue;
         }
@@ -256,6 +257,17 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
 
     cfg.add_default("topic", kDefaultTopic, BK_JSON_STRING);
     cfg.add_default("copy_payloads", "true", BK_JSON_BOOLEAN);
+    if (const Option *h = cfg.find("headers"); h && h->value == "false") {
+        const Option *f = cfg.find("format");
+        if (f && f->value == "row")
+            throw OptionError(
+                "option \"headers\" = false needs \"format\" = \"envelope\"",
+                "With format \"row\" the message body carries no op, table or seq: without the "
+                "headers a consumer could neither tell a delete from an insert nor drop a "
+                "replayed duplicate.",
+                "Keep the headers, or use the envelope format (it carries op, table and seq).");
+    }
+    cfg.add_default("headers", "true", BK_JSON_BOOLEAN);
     auto add_rdkafka_default = [&](const char *key, const char *value, bk_json_type type) {
         if (cfg.find(key) != nullptr)
             return;

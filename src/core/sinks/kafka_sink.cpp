@@ -35,7 +35,8 @@ int ms_until(Clock::time_point deadline) {
 
 KafkaSink::KafkaSink(const Options &opts)
     : Sink(opts), conf_(kafka_effective_config(opts)), default_topic_(opts.get_or("topic", "")),
-      copy_payloads_(opts.get_or("copy_payloads", "true") != "false") {
+      copy_payloads_(opts.get_or("copy_payloads", "true") != "false"),
+      headers_(opts.get_or("headers", "true") != "false") {
     if (name_.empty())
         name_ = "kafka";
     create_producer();
@@ -230,15 +231,21 @@ void KafkaSink::produce(Batch &b) {
                  -1, -1};
             continue;
         }
-        rd_kafka_headers_t *hdrs = rd_kafka_headers_new(3 + m.nheaders);
-        if (m.op != BK_OP_MESSAGE) {
-            const char *op = op_name(m.op);
-            rd_kafka_header_add(hdrs, "op", 2, op, static_cast<ssize_t>(std::strlen(op)));
+        // Headers cost: five allocations a message in the producing thread, and
+        // their serialization in librdkafka's (~1/3 of a drain's CPU, docs/sinks.md).
+        rd_kafka_headers_t *hdrs =
+            headers_ || m.nheaders > 0 ? rd_kafka_headers_new(3 + m.nheaders) : nullptr;
+        if (headers_) {
+            if (m.op != BK_OP_MESSAGE) {
+                const char *op = op_name(m.op);
+                rd_kafka_header_add(hdrs, "op", 2, op, static_cast<ssize_t>(std::strlen(op)));
+            }
+            if (m.table)
+                rd_kafka_header_add(hdrs, "table", 5, m.table, static_cast<ssize_t>(m.table_len));
+            size_t klen = format_idempotency_key(idkey.data(), name_, m.seq);
+            rd_kafka_header_add(hdrs, "idempotency_key", 15, idkey.data(),
+                                static_cast<ssize_t>(klen));
         }
-        if (m.table)
-            rd_kafka_header_add(hdrs, "table", 5, m.table, static_cast<ssize_t>(m.table_len));
-        size_t klen = format_idempotency_key(idkey.data(), name_, m.seq);
-        rd_kafka_header_add(hdrs, "idempotency_key", 15, idkey.data(), static_cast<ssize_t>(klen));
         for (size_t h = 0; h < m.nheaders; h++) {
             const bk_field &f = m.headers[h];
             rd_kafka_header_add(hdrs, f.name, static_cast<ssize_t>(f.name_len), f.value,
@@ -258,7 +265,8 @@ void KafkaSink::produce(Batch &b) {
             rd_kafka_poll(rk_, 10);
         }
         if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            rd_kafka_headers_destroy(hdrs); // not taken over on failure
+            if (hdrs)
+                rd_kafka_headers_destroy(hdrs); // not taken over on failure
             r = {static_cast<uint8_t>(kafka_classify_error(err)), err, rd_kafka_err2str(err), -1,
                  -1};
             if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {

@@ -74,6 +74,7 @@ class KafkaSink final : public Sink {
     std::vector<std::pair<std::string, std::string>> conf_;
     std::string default_topic_;
     bool copy_payloads_;
+    bool headers_; // op, table and idempotency_key on every message (option "headers")
     rd_kafka_t *rk_ = nullptr;
     std::unordered_map<std::string, rd_kafka_topic_t *> topics_;
     std::string last_topic_name_;
