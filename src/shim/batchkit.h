@@ -128,6 +128,7 @@ extern struct _SPI_plan *bk_keep_plan(struct _SPI_plan **slot, const char *sql, 
                                       Oid *argtypes);
 extern void bk_queue_init_backend(void);
 extern uint64 bk_sink_depth(int32 sink_id, bool *known);
+extern uint64 bk_queue_rebuild_depth(BkSinkSlot *slot, int32 sink_id);
 extern void bk_queue_note_enqueued(int32 sink_id, uint64 nrecords);
 extern void bk_queue_note_acked(int32 sink_id, uint64 nrecords);
 extern bool bk_queue_needs_spi(int32 sink_id);

@@ -798,23 +798,13 @@ collect_message(BkMessage *m, void *arg)
 
 /* ---- one delivery round for one sink ---------------------------------------------- */
 
-static SPIPlanPtr plan_depth = NULL;
-
 /*
  * The sink's depth counter (slot->queued), rebuilt from the queue table the
- * first time the worker serves the sink after start-up: from then on the
- * worker and every reader of sink_stats / metrics() use the counter instead of
- * summing the queue (a read would otherwise scan the whole backlog, and more
- * of it the longer a drain has been deleting chunks).
- *
- * Race with writers, who add their rows to the counter at commit (after their
- * rows became visible): the counter is read before the snapshot is taken and
- * the sum is stored only if the counter has not moved since (compare and
- * swap); if a commit moved it, its rows may or may not be in the sum, so the
- * queue is summed again. Left open: a commit visible before the snapshot whose
- * callback runs only after the store (microseconds between the two inside
- * CommitTransaction) is counted twice. After a few failed attempts the counter
- * stays unknown and the next round tries again.
+ * first time the worker serves the sink after start-up (bk_queue_rebuild_depth
+ * says how it stays right while writers commit): from then on the worker and
+ * every reader of sink_stats / metrics() use the counter instead of summing the
+ * queue (a read would otherwise scan the whole backlog, and more of it the
+ * longer a drain has been deleting chunks).
  */
 static BkSinkSlot *
 rebuild_depth(SinkRuntime *s)
@@ -823,33 +813,13 @@ rebuild_depth(SinkRuntime *s)
 
 	if (slot == NULL || slot->depth_known)
 		return slot;
-	for (int attempt = 0; attempt < 5 && !slot->depth_known; attempt++)
-	{
-		uint64		before = pg_atomic_read_u64(&slot->queued);
-		uint64		expected = before;
-		int64		sum = -1;
-		Oid			types[1] = {INT4OID};
-		Datum		args[1];
-		bool		isnull;
-
-		args[0] = Int32GetDatum(s->sink_id);
-		StartTransactionCommand();
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (SPI_execute_plan(bk_keep_plan(&plan_depth,
-										  "SELECT COALESCE(sum(nrecords - done_records), 0)::int8 "
-										  "FROM batchkit.queue WHERE sink_id = $1", 1, types),
-							 args, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
-			sum = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-											  &isnull));
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		if (sum < 0)
-			break;
-		if (pg_atomic_compare_exchange_u64(&slot->queued, &expected, (uint64) sum))
-			slot->depth_known = true;
-	}
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	(void) bk_queue_rebuild_depth(slot, s->sink_id);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 	return slot;
 }
 

@@ -43,6 +43,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
@@ -327,30 +328,67 @@ pending_for(int32 sink_id)
 	return n;
 }
 
-/* Committed, unacknowledged records of a sink (inside SPI, as the owner). */
+/* This transaction's net change to a sink's queue, not yet in the counter. */
+static int64
+pending_net(int32 sink_id)
+{
+	int64		n = 0;
+
+	for (int i = 0; i < npending; i++)
+		if (pending[i].sink_id == sink_id)
+			n += pending[i].delta;
+	return n;
+}
+
+/*
+ * Rebuild a sink's depth counter (slot->queued) from the queue table, if it is
+ * not known (inside SPI and a transaction, as the owner). The flush worker does
+ * it the first time it serves a sink after start-up; a writer does it when its
+ * sink has a max_queue and the worker has not got there yet.
+ *
+ * Race with writers, who add their rows to the counter at commit (after their
+ * rows became visible), also while it is unknown: the counter is read before a
+ * fresh snapshot is taken and the sum is stored only if the counter has not
+ * moved since (compare and swap); if a commit moved it, its rows may or may not
+ * be in the sum, so the queue is summed again. Left open: a commit visible
+ * before the snapshot whose callback runs only after the store (microseconds
+ * between the two inside CommitTransaction) is counted twice. After a few
+ * failed attempts the counter stays unknown and the next caller tries again.
+ *
+ * The calling transaction sees its own queued (and acknowledged) records,
+ * which reach the counter only at its commit: they are taken out of the sum.
+ * Returns the counter.
+ */
+uint64
+bk_queue_rebuild_depth(BkSinkSlot *slot, int32 sink_id)
+{
+	for (int attempt = 0; attempt < 5 && !slot->depth_known; attempt++)
+	{
+		uint64		expected = pg_atomic_read_u64(&slot->queued);
+		Datum		arg[1];
+		bool		isnull;
+		int64		sum;
+
+		arg[0] = Int32GetDatum(sink_id);
+		if (SPI_execute_snapshot(bk_keep_plan(&depth_plan,
+											  "SELECT COALESCE(sum(nrecords - done_records), 0)::int8 "
+											  "FROM batchkit.queue WHERE sink_id = $1", 1, int4type),
+								 arg, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false,
+								 1) != SPI_OK_SELECT || SPI_processed != 1)
+			break;
+		sum = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+										  &isnull)) - pending_net(sink_id);
+		if (pg_atomic_compare_exchange_u64(&slot->queued, &expected, (uint64) Max(sum, 0)))
+			slot->depth_known = true;
+	}
+	return pg_atomic_read_u64(&slot->queued);
+}
+
 static uint64
 depth_from_slot(BkSinkSlot *slot, int32 sink_id)
 {
 	if (!slot->depth_known)
-	{
-		/* first sight since start-up: rebuild from the table, once */
-		Datum		arg[1];
-		bool		isnull;
-		int			rc;
-
-		arg[0] = Int32GetDatum(sink_id);
-		rc = SPI_execute_plan(bk_keep_plan(&depth_plan, "SELECT COALESCE(sum(nrecords - done_records), 0)::bigint "
-										"FROM batchkit.queue WHERE sink_id = $1", 1, int4type),
-							  arg, NULL, true, 1);
-		if (rc == SPI_OK_SELECT && SPI_processed == 1)
-		{
-			int64		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														SPI_tuptable->tupdesc, 1, &isnull));
-
-			pg_atomic_write_u64(&slot->queued, (uint64) Max(n, 0));
-			slot->depth_known = true;
-		}
-	}
+		return bk_queue_rebuild_depth(slot, sink_id);
 	return pg_atomic_read_u64(&slot->queued);
 }
 
