@@ -141,6 +141,27 @@ def proc_cpu_seconds(pid):
         return None
 
 
+def thread_cpu_seconds(pid):
+    """{thread name: utime + stime in seconds} of a process, threads of one name summed
+    (librdkafka names its threads rdk:main, rdk:broker<N>, ...)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                s = f.read()
+        except FileNotFoundError:
+            continue
+        name = s[s.index("(") + 1:s.rindex(")")]
+        fields = s.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 class Services:
     """Throwaway Postgres (+ redis, + Kafka dev broker) under one /tmp directory."""
 

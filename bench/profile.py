@@ -106,15 +106,21 @@ def main():
         if broker:
             procs["broker"] = broker.pid
         c0 = {k: benchlib.proc_cpu_seconds(v) for k, v in procs.items()}
+        th0 = benchlib.thread_cpu_seconds(wpid)
         p = perf_start(wpid, out)
         t0 = time.perf_counter()
         cur.execute("SELECT batchkit.resume_sink('s')")
         cur.execute("SELECT batchkit.flush('s', '900 s')")
         dt = time.perf_counter() - t0
         c1 = {k: benchlib.proc_cpu_seconds(v) for k, v in procs.items()}
+        th1 = benchlib.thread_cpu_seconds(wpid)
         perf_stop(p, out, out[:-5] + ".txt")
         log(f"  drain {args.rows:,} -> {args.sink}: {dt:.2f} s ({args.rows / dt:,.0f} rows/s); "
             f"CPU s: " + ", ".join(f"{k} {c1[k] - c0[k]:.2f}" for k in procs))
+        # the worker's own thread against librdkafka's (rdk:*) threads
+        log("  worker threads, CPU s: " + ", ".join(
+            f"{name} {th1[name] - th0.get(name, 0.0):.2f}" for name in sorted(th1)
+            if th1[name] - th0.get(name, 0.0) >= 0.005))
     conn.close()
     svc.stop()
 

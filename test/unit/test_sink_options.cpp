@@ -427,6 +427,25 @@ TEST(KafkaOptions, HeadersCanBeDroppedOnlyWithTheEnvelope) {
     EXPECT_EQ(r.message, "option \"headers\" must be true or false, not the string \"off\"");
 }
 
+TEST(KafkaOptions, SaslMechanismIsCheckedWhenSaslIsOn) {
+    Result r = validate("kafka", kafka({S("security.protocol", "SASL_PLAINTEXT"),
+                                        S("sasl.mechanisms", "SCRAM-SHA-512")}));
+    EXPECT_TRUE(r.ok()) << r.message;
+    r = validate("kafka", kafka({S("security.protocol", "sasl_ssl"), S("sasl.mechanism", "PLAIN")}));
+    EXPECT_TRUE(r.ok()) << r.message;
+    r = validate("kafka", kafka({S("security.protocol", "SASL_PLAINTEXT"),
+                                 S("sasl.mechanisms", "scram-sha-512")}));
+    EXPECT_EQ(r.code, BK_INVALID_ARGUMENT);
+    EXPECT_EQ(r.message, "option \"sasl.mechanisms\" = \"scram-sha-512\" is not a SASL "
+                         "mechanism librdkafka knows");
+    r = validate("kafka", kafka({S("security.protocol", "SASL_SSL"), S("sasl.mechanism", "MD5")}));
+    EXPECT_EQ(r.message, "option \"sasl.mechanism\" = \"MD5\" is not a SASL mechanism "
+                         "librdkafka knows");
+    // without SASL librdkafka ignores the mechanism, and so does the check
+    r = validate("kafka", kafka({S("sasl.mechanisms", "MD5")}));
+    EXPECT_TRUE(r.ok()) << r.message;
+}
+
 TEST(KafkaOptions, TransactionalIdIsRefused) {
     Result r = validate("kafka", kafka({S("transactional.id", "x")}));
     EXPECT_EQ(r.message, "option \"transactional.id\" is not supported");

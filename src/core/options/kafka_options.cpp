@@ -232,6 +232,31 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
         const Option *o = cfg.find(a);
         return o ? o : cfg.find(b);
     };
+    // SASL: librdkafka takes any sasl.mechanisms string and refuses an unknown one
+    // only when the worker builds the producer (rd_kafka_new); check it now.
+    if (conf.get("security.protocol").rfind("sasl_", 0) == 0) {
+        const Option *m = given("sasl.mechanisms", "sasl.mechanism");
+        const std::string mech = conf.get("sasl.mechanisms");
+        const std::string features = "," + conf.get("builtin.features") + ",";
+        const char *feature = mech == "GSSAPI"                                 ? "sasl_gssapi"
+                              : mech == "PLAIN"                                ? "sasl_plain"
+                              : mech == "SCRAM-SHA-256" || mech == "SCRAM-SHA-512" ? "sasl_scram"
+                              : mech == "OAUTHBEARER" ? "sasl_oauthbearer"
+                                                      : nullptr;
+        const std::string key = m ? m->key : std::string("sasl.mechanisms");
+        if (feature == nullptr)
+            throw OptionError("option \"" + key + "\" = \"" + mech +
+                                  "\" is not a SASL mechanism librdkafka knows",
+                              "With security.protocol = " + conf.get("security.protocol") +
+                                  " librdkafka accepts GSSAPI, PLAIN, SCRAM-SHA-256, "
+                                  "SCRAM-SHA-512 and OAUTHBEARER (upper case, as written).",
+                              "For example {\"sasl.mechanisms\": \"SCRAM-SHA-512\"}.");
+        if (features.find(std::string(",") + feature + ",") == std::string::npos)
+            throw OptionError("SASL mechanism \"" + mech + "\" is not built into librdkafka " +
+                                  rd_kafka_version_str(),
+                              "Its builtin.features are: " + conf.get("builtin.features") + ".");
+    }
+
     if (conf.get("enable.idempotence") == "true") {
         const char *fix = "Or set \"enable.idempotence\": false as well (a retried batch may then "
                           "be duplicated or reordered within a partition).";
