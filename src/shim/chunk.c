@@ -527,7 +527,7 @@ append_json_string(StringInfo out, const char *p, int len)
 {
 	const char *end = p + len;
 
-	appendStringInfoChar(out, '"');
+	bk_append_char(out, '"');
 	while (p < end)
 	{
 		const char *run = p;
@@ -535,7 +535,7 @@ append_json_string(StringInfo out, const char *p, int len)
 		while (p < end && (unsigned char) *p >= 0x20 && *p != '"' && *p != '\\')
 			p++;
 		if (p > run)
-			appendBinaryStringInfo(out, run, p - run);
+			bk_append(out, run, p - run);
 		if (p < end)
 		{
 			char		one[2] = {*p, '\0'};
@@ -545,12 +545,12 @@ append_json_string(StringInfo out, const char *p, int len)
 			initStringInfo(&tmp);
 			escape_json(&tmp, one);
 			/* tmp is "\"<escaped>\"": drop the quotes */
-			appendBinaryStringInfo(out, tmp.data + 1, tmp.len - 2);
+			bk_append(out, tmp.data + 1, tmp.len - 2);
 			pfree(tmp.data);
 			p++;
 		}
 	}
-	appendStringInfoChar(out, '"');
+	bk_append_char(out, '"');
 }
 
 /*
@@ -577,7 +577,7 @@ append_int(StringInfo out, Oid typid, Datum v)
 		default:
 			return false;
 	}
-	appendBinaryStringInfo(out, num, n);
+	bk_append(out, num, n);
 	return true;
 }
 
@@ -590,12 +590,16 @@ fast_value(BkAttOut *o, Oid typid, Datum v, StringInfo out)
 	switch (o->cat)
 	{
 		case BKJ_BOOL:
-			appendStringInfoString(out, DatumGetBool(v) ? "true" : "false");
+			if (DatumGetBool(v))
+				BK_APPEND_LIT(out, "true");
+			else
+				BK_APPEND_LIT(out, "false");
 			return;
 		case BKJ_DATETIME:
-			appendStringInfoChar(out, '"');
-			appendStringInfoString(out, JsonEncodeDateTime(buf, v, typid, NULL));
-			appendStringInfoChar(out, '"');
+			bk_append_char(out, '"');
+			s = JsonEncodeDateTime(buf, v, typid, NULL);
+			bk_append(out, s, strlen(s));
+			bk_append_char(out, '"');
 			return;
 		case BKJ_NUMBER:
 			if (append_int(out, typid, v))
@@ -605,7 +609,7 @@ fast_value(BkAttOut *o, Oid typid, Datum v, StringInfo out)
 				int			n = strlen(s);
 
 				if (IsValidJsonNumber(s, n))
-					appendBinaryStringInfo(out, s, n);
+					bk_append(out, s, n);
 				else
 					append_json_string(out, s, n);
 			}
@@ -639,7 +643,7 @@ fast_row_json(BkChunkReader *r, HeapTupleHeader tup, bool key_only, StringInfo o
 	bool		first = true;
 
 	deform(r, tup);
-	appendStringInfoChar(out, '{');
+	bk_append_char(out, '{');
 	for (int i = 0; i < r->hdr->natts; i++)
 	{
 		const BkChunkAtt *a = &r->atts[i];
@@ -647,15 +651,15 @@ fast_row_json(BkChunkReader *r, HeapTupleHeader tup, bool key_only, StringInfo o
 		if ((a->flags & BK_ATT_DROPPED) || !(a->flags & want))
 			continue;
 		if (!first)
-			appendStringInfoChar(out, ',');
+			bk_append_char(out, ',');
 		first = false;
-		appendBinaryStringInfo(out, r->attout[i].qname, r->attout[i].qnamelen);
+		bk_append(out, r->attout[i].qname, r->attout[i].qnamelen);
 		if (r->nulls[i])
-			appendStringInfoString(out, "null");
+			BK_APPEND_LIT(out, "null");
 		else
 			fast_value(&r->attout[i], a->typid, r->values[i], out);
 	}
-	appendStringInfoChar(out, '}');
+	bk_append_char(out, '}');
 }
 
 void

@@ -53,6 +53,32 @@
 #define BK_REC_DELETE 'd'
 #define BK_REC_MESSAGE 'm'
 
+/*
+ * appendBinaryStringInfo / appendStringInfoChar for the decode's hot paths
+ * (tens of small appends a row): inline, calling enlargeStringInfo only when
+ * the buffer is full. Same result.
+ */
+static inline void
+bk_append(StringInfo out, const char *p, int n)
+{
+	if (unlikely(n >= out->maxlen - out->len))
+		enlargeStringInfo(out, n);
+	memcpy(out->data + out->len, p, n);
+	out->len += n;
+	out->data[out->len] = '\0';
+}
+
+static inline void
+bk_append_char(StringInfo out, char c)
+{
+	if (unlikely(out->len + 1 >= out->maxlen))
+		enlargeStringInfo(out, 1);
+	out->data[out->len++] = c;
+	out->data[out->len] = '\0';
+}
+
+#define BK_APPEND_LIT(out, lit) bk_append((out), (lit), sizeof(lit) - 1)
+
 /* BkChunkRecord.flags */
 #define BK_REC_HAS_BEFORE 0x01
 #define BK_REC_HAS_AFTER 0x02

@@ -304,7 +304,7 @@ append_json_or_null(StringInfo out, BkChunkReader *r, HeapTupleHeader tup)
 	if (tup)
 		bk_chunk_row_json(r, tup, false, out);
 	else
-		appendStringInfoString(out, "null");
+		BK_APPEND_LIT(out, "null");
 }
 
 static const char *
@@ -334,7 +334,6 @@ typedef struct ChunkEnvelope
 	int			source_json_len;
 } ChunkEnvelope;
 
-#define APPEND_LIT(buf, lit) appendBinaryStringInfo((buf), (lit), sizeof(lit) - 1)
 
 /* Encode one row record into m->key / m->value. */
 static void
@@ -359,37 +358,37 @@ encode_row(BkChunkReader *r, BkChunkRecordView *rec, BkMessage *m, int format,
 	switch (rec->op)
 	{
 		case BK_REC_INSERT:
-			APPEND_LIT(v, "{\"op\":\"insert\",\"table\":");
+			BK_APPEND_LIT(v, "{\"op\":\"insert\",\"table\":");
 			break;
 		case BK_REC_UPDATE:
-			APPEND_LIT(v, "{\"op\":\"update\",\"table\":");
+			BK_APPEND_LIT(v, "{\"op\":\"update\",\"table\":");
 			break;
 		case BK_REC_DELETE:
-			APPEND_LIT(v, "{\"op\":\"delete\",\"table\":");
+			BK_APPEND_LIT(v, "{\"op\":\"delete\",\"table\":");
 			break;
 		default:
-			APPEND_LIT(v, "{\"op\":\"message\",\"table\":");
+			BK_APPEND_LIT(v, "{\"op\":\"message\",\"table\":");
 			break;
 	}
-	appendBinaryStringInfo(v, env->source_json, env->source_json_len);
-	APPEND_LIT(v, ",\"key\":");
+	bk_append(v, env->source_json, env->source_json_len);
+	BK_APPEND_LIT(v, ",\"key\":");
 	bk_chunk_row_json(r, keytup, true, v);
-	APPEND_LIT(v, ",\"before\":");
+	BK_APPEND_LIT(v, ",\"before\":");
 	append_json_or_null(v, r, include_before ? rec->before : NULL);
-	APPEND_LIT(v, ",\"after\":");
+	BK_APPEND_LIT(v, ",\"after\":");
 	append_json_or_null(v, r, rec->after);
 	{
 		char		num[MAXINT8LEN + 1];
 		int			n;
 
-		APPEND_LIT(v, ",\"txid\":");
-		appendBinaryStringInfo(v, env->txid, env->txid_len);
-		APPEND_LIT(v, ",\"seq\":");
+		BK_APPEND_LIT(v, ",\"txid\":");
+		bk_append(v, env->txid, env->txid_len);
+		BK_APPEND_LIT(v, ",\"seq\":");
 		n = pg_lltoa(m->seq, num);
-		appendBinaryStringInfo(v, num, n);
-		APPEND_LIT(v, ",\"ts\":\"");
-		appendBinaryStringInfo(v, env->ts, env->ts_len);
-		APPEND_LIT(v, "\"}");
+		bk_append(v, num, n);
+		BK_APPEND_LIT(v, ",\"ts\":\"");
+		bk_append(v, env->ts, env->ts_len);
+		BK_APPEND_LIT(v, "\"}");
 	}
 }
 
