@@ -416,6 +416,11 @@ class Report:
                                          f"{rate(rates['batchkit'])}" +
                                          (f", {rates['batchkit'] / peer:.2f}x the best peer"
                                           if peer else "") + f" (target {tgt:,})")
+                    if rates.get("batchkit_noheaders"):
+                        self.headline.append(
+                            f"flush: the same drain into {s} without batchkit's three headers "
+                            f"(`\"headers\": false`) at {rate(rates['batchkit_noheaders'])}, "
+                            f"{rates['batchkit_noheaders'] / rates['batchkit']:.2f}x the default")
             self.w(f"**Drain** of {n:,} queued rows (time from `resume_sink()` to `flush()` "
                    "returning; peers: from the relay's start to its last commit):", "",
                    table(("sink", "system", "rows/s", "batchkit / this", "target", "verdict"),
