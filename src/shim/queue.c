@@ -357,7 +357,8 @@ pending_net(int32 sink_id)
  *
  * The calling transaction sees its own queued (and acknowledged) records,
  * which reach the counter only at its commit: they are taken out of the sum.
- * Returns the counter.
+ * Returns the counter (at once when it is known: the committed, unacknowledged
+ * records of the sink).
  */
 uint64
 bk_queue_rebuild_depth(BkSinkSlot *slot, int32 sink_id)
@@ -384,21 +385,13 @@ bk_queue_rebuild_depth(BkSinkSlot *slot, int32 sink_id)
 	return pg_atomic_read_u64(&slot->queued);
 }
 
-static uint64
-depth_from_slot(BkSinkSlot *slot, int32 sink_id)
-{
-	if (!slot->depth_known)
-		return bk_queue_rebuild_depth(slot, sink_id);
-	return pg_atomic_read_u64(&slot->queued);
-}
-
 uint64
 bk_sink_depth(int32 sink_id, bool *known)
 {
 	BkSinkSlot *slot = bk_sink_slot(MyDatabaseId, sink_id, true);
 
 	*known = slot != NULL;
-	return slot ? depth_from_slot(slot, sink_id) : 0;
+	return slot ? bk_queue_rebuild_depth(slot, sink_id) : 0;
 }
 
 /*
@@ -425,7 +418,7 @@ bk_queue_check_backpressure(int32 sink_id, uint64 adding)
 	{
 		uint64		mine = pending_for(sink_id);
 
-		depth = depth_from_slot(slot, sink_id);
+		depth = bk_queue_rebuild_depth(slot, sink_id);
 		if (depth + mine + adding <= (uint64) e->max_queue)
 			return;
 		/* waiting cannot help when this transaction alone overflows the queue */
