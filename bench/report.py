@@ -425,6 +425,17 @@ class Report:
                    "returning; peers: from the relay's start to its last commit):", "",
                    table(("sink", "system", "rows/s", "batchkit / this", "target", "verdict"),
                          rows), "")
+            each = []
+            for s in sinks:
+                for sy in ("batchkit", "batchkit_noheaders"):
+                    xs = [r[f"{sy}/{s}"]["rows_per_s"] for r in runs if f"{sy}/{s}" in r]
+                    if len(xs) > 1:
+                        each.append(f"{FLUSH_LABEL[sy]} into {s}: "
+                                    + ", ".join(f"{x:,.0f}" for x in xs))
+            if each:
+                self.w("batchkit's drains were repeated (the peers' were not: their relays take "
+                       "minutes); the table gives the median. Each drain, in order, rows/s: "
+                       + "; ".join(each) + ".", "")
         if d.get("e2e"):
             runs = d["e2e"]
             rows = []
