@@ -76,6 +76,9 @@ SELECT batchkit.create_sink('x', 'kafka', '{"bootstrap.servers": "b:9092", "topi
 SELECT batchkit.create_sink('x', 'kafka', '{"bootstrap.servers": "b:9092", "acks": 1}');
 SELECT batchkit.create_sink('x', 'kafka', '{"bootstrap.servers": "b:9092", "retries": 0}');
 SELECT batchkit.create_sink('x', 'kafka', '{"bootstrap.servers": "b:9092", "transactional.id": "t"}');
+-- what librdkafka would refuse only in the worker (rd_kafka_new) is refused here
+SELECT batchkit.create_sink('x', 'kafka', '{"bootstrap.servers": "b:9092", "linger.ms": 40000}');
+SELECT batchkit.create_sink('x', 'kafka', '{"bootstrap.servers": "b:9092", "queue.buffering.backpressure.threshold": 10}');
 SELECT batchkit.create_sink('x', 'kafka', '{"bootstrap.servers": "b:70000"}');
 -- the user may override the idempotent defaults together
 SELECT batchkit.create_sink('fast', 'kafka',
@@ -135,6 +138,7 @@ SELECT batchkit.alter_sink('cache', '{"batch_size": 0}');
 SELECT batchkit.alter_sink('cache', '{"command": "hset"}');  -- ttl_ms no longer applies
 SELECT batchkit.alter_sink('events', '{"sasl.password": null, "acks": "0"}');
 SELECT batchkit.alter_sink('events', '{"no.such.property": 1}');
+SELECT batchkit.alter_sink('events', '{"message.timeout.ms": 5}');
 SELECT batchkit.alter_sink('events', '[]');
 SELECT batchkit.alter_sink('events', NULL);
 SELECT batchkit.alter_sink('nope', '{}');

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "batchkit/net_probe.h"
+#include "batchkit/sink.h"
 #include "batchkit/sink_options.h"
 #include "options/name_template.hpp"
 #include "options/option_error.hpp"
@@ -393,6 +394,67 @@ TEST(KafkaOptions, IdempotenceConflictsAreCaughtAtCreateTime) {
     EXPECT_TRUE(r.ok()) << r.message;
 }
 
+// create_sink must refuse what would keep the worker from building its producer:
+// for each set of options, validation and librdkafka's own rd_kafka_new() (through
+// the worker's code path, bk_sink_open) must agree.
+TEST(KafkaOptions, CreateTimeCheckAgreesWithTheWorkersProducer) {
+    const std::vector<std::vector<In>> cases = {
+        {},
+        {S("acks", "1")},
+        {N("retries", "0")},
+        {N("max.in.flight", "10")},
+        {N("queue.buffering.backpressure.threshold", "2")},
+        {N("queue.buffering.backpressure.threshold", "1")},
+        {N("queue.buffering.backpressure.threshold", "100"), B("enable.idempotence", false)},
+        {S("queuing.strategy", "lifo")},
+        {S("queuing.strategy", "lifo"), B("enable.idempotence", false)},
+        {B("enable.gapless.guarantee", true)},
+        {B("enable.gapless.guarantee", true), B("enable.idempotence", false)},
+        {N("reconnect.backoff.ms", "5000"), N("reconnect.backoff.max.ms", "1000")},
+        {N("reconnect.backoff.ms", "20000")},
+        {N("reconnect.backoff.ms", "20000"), N("reconnect.backoff.max.ms", "20000")},
+        {N("linger.ms", "40000")},
+        {N("queue.buffering.max.ms", "40000")},
+        {N("linger.ms", "40000"), N("message.timeout.ms", "60000")},
+        {N("message.timeout.ms", "5")},
+        {N("delivery.timeout.ms", "3"), N("linger.ms", "2")},
+        {N("delivery.timeout.ms", "3"), N("linger.ms", "3")},
+        {N("message.timeout.ms", "0"), N("linger.ms", "100")},
+    };
+    for (const auto &c : cases) {
+        std::string what;
+        const std::vector<In> opts = kafka(c); // raw points into it
+        std::vector<bk_sink_option> raw = {{"name", "diff"}};
+        for (const auto &i : opts) {
+            raw.push_back({i.key.c_str(), i.value.c_str()});
+            what += i.key + "=" + i.value + " ";
+        }
+        Result r = validate("kafka", opts);
+        bk_status st{};
+        bk_sink *sink = bk_sink_open("kafka", raw.data(), raw.size(), &st);
+        EXPECT_EQ(r.ok(), sink != nullptr)
+            << what << "\n  create_sink: " << (r.ok() ? "accepted" : r.message)
+            << "\n  the worker:  " << (sink ? "opened" : st.message);
+        if (sink)
+            bk_sink_close(sink);
+    }
+}
+
+TEST(KafkaOptions, ConflictsRdKafkaNewWouldRefuseAreExplained) {
+    Result r = validate("kafka", kafka({N("queue.buffering.backpressure.threshold", "2")}));
+    EXPECT_EQ(r.message, "option \"queue.buffering.backpressure.threshold\" = 2 conflicts with "
+                         "enable.idempotence = true");
+    r = validate("kafka", kafka({N("linger.ms", "40000")}));
+    EXPECT_EQ(r.message, "option \"message.timeout.ms\" (30000, batchkit's default) must be "
+                         "greater than \"linger.ms\" (40000)");
+    r = validate("kafka", kafka({N("reconnect.backoff.ms", "20000")}));
+    EXPECT_EQ(r.message, "option \"reconnect.backoff.max.ms\" (10000) must be >= "
+                         "\"reconnect.backoff.ms\" (20000)");
+    r = validate("kafka",
+                 kafka({B("enable.gapless.guarantee", true), B("enable.idempotence", false)}));
+    EXPECT_EQ(r.message, "option \"enable.gapless.guarantee\" needs enable.idempotence = true");
+}
+
 TEST(KafkaOptions, WorkerOptions) {
     Result r =
         validate("kafka", kafka({S("outbox_target", "app.outbox"), B("copy_payloads", false)}));
@@ -431,7 +493,8 @@ TEST(KafkaOptions, SaslMechanismIsCheckedWhenSaslIsOn) {
     Result r = validate("kafka", kafka({S("security.protocol", "SASL_PLAINTEXT"),
                                         S("sasl.mechanisms", "SCRAM-SHA-512")}));
     EXPECT_TRUE(r.ok()) << r.message;
-    r = validate("kafka", kafka({S("security.protocol", "sasl_ssl"), S("sasl.mechanism", "PLAIN")}));
+    r = validate("kafka",
+                 kafka({S("security.protocol", "sasl_ssl"), S("sasl.mechanism", "PLAIN")}));
     EXPECT_TRUE(r.ok()) << r.message;
     r = validate("kafka", kafka({S("security.protocol", "SASL_PLAINTEXT"),
                                  S("sasl.mechanisms", "scram-sha-512")}));

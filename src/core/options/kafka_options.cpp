@@ -19,6 +19,7 @@
 #include <memory>
 #include <string>
 
+#include "options/kafka_defaults.hpp"
 #include "options/name_template.hpp"
 #include "options/option_error.hpp"
 #include "options/sink_config.hpp"
@@ -238,8 +239,8 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
         const Option *m = given("sasl.mechanisms", "sasl.mechanism");
         const std::string mech = conf.get("sasl.mechanisms");
         const std::string features = "," + conf.get("builtin.features") + ",";
-        const char *feature = mech == "GSSAPI"                                 ? "sasl_gssapi"
-                              : mech == "PLAIN"                                ? "sasl_plain"
+        const char *feature = mech == "GSSAPI"                                     ? "sasl_gssapi"
+                              : mech == "PLAIN"                                    ? "sasl_plain"
                               : mech == "SCRAM-SHA-256" || mech == "SCRAM-SHA-512" ? "sasl_scram"
                               : mech == "OAUTHBEARER" ? "sasl_oauthbearer"
                                                       : nullptr;
@@ -278,6 +279,55 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
                               "The idempotent producer keeps order with at most 5 requests in "
                               "flight per broker connection.",
                               std::string("Use at most 5. ") + fix);
+        if (const Option *t = given("queue.buffering.backpressure.threshold", "");
+            t && std::stol(conf.get("queue.buffering.backpressure.threshold")) > 1)
+            throw OptionError("option \"" + t->key + "\" = " + t->value +
+                                  " conflicts with enable.idempotence = true",
+                              "librdkafka's idempotent producer needs a backpressure threshold "
+                              "of 1.",
+                              std::string("Remove it. ") + fix);
+        if (const Option *q = given("queuing.strategy", "");
+            q && conf.get("queuing.strategy") != "fifo")
+            throw OptionError("option \"" + q->key + "\" = \"" + q->value +
+                                  "\" conflicts with enable.idempotence = true",
+                              "The idempotent producer sends each partition's messages in the "
+                              "order they were produced (fifo).",
+                              std::string("Remove it. ") + fix);
+    } else if (const Option *g = given("enable.gapless.guarantee", "");
+               g && conf.get("enable.gapless.guarantee") == "true") {
+        throw OptionError("option \"enable.gapless.guarantee\" needs enable.idempotence = true",
+                          "Gapless delivery is a guarantee of librdkafka's idempotent producer.",
+                          "Remove \"enable.idempotence\": false, or this option.");
+    }
+
+    // More of what rd_kafka_new() refuses (librdkafka's conf finalize), checked
+    // against the values the worker will use: batchkit's defaults where none is given.
+    const double backoff = std::stod(conf.get("reconnect.backoff.ms"));
+    const double backoff_max = std::stod(conf.get("reconnect.backoff.max.ms"));
+    if (backoff_max < backoff)
+        throw OptionError(
+            "option \"reconnect.backoff.max.ms\" (" + conf.get("reconnect.backoff.max.ms") +
+                ") must be >= \"reconnect.backoff.ms\" (" + conf.get("reconnect.backoff.ms") + ")",
+            "librdkafka's defaults are 100 and 10000 ms.",
+            "Raise reconnect.backoff.max.ms or lower reconnect.backoff.ms.");
+    {
+        const Option *t = given("message.timeout.ms", "delivery.timeout.ms");
+        const Option *l = given("linger.ms", "queue.buffering.max.ms");
+        const double timeout = std::stod(t ? conf.get("message.timeout.ms")
+                                           : std::string(kKafkaDefaultMessageTimeoutMs));
+        const double linger =
+            std::stod(l ? conf.get("linger.ms") : std::string(kKafkaDefaultLingerMs));
+        if (timeout != 0 && timeout <= linger)
+            throw OptionError(
+                "option \"" + std::string(t ? t->key : "message.timeout.ms") + "\" (" +
+                    (t ? t->value
+                       : std::string(kKafkaDefaultMessageTimeoutMs) + ", batchkit's default") +
+                    ") must be greater than \"" + (l ? l->key : "linger.ms") + "\" (" +
+                    (l ? l->value : std::string(kKafkaDefaultLingerMs) + ", batchkit's default") +
+                    ")",
+                "A message may wait linger.ms before it is sent and must still be deliverable "
+                "before it times out.",
+                "Raise message.timeout.ms (0: no timeout) or lower linger.ms.");
     }
 
     cfg.add_default("topic", kDefaultTopic, BK_JSON_STRING);

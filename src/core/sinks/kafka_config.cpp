@@ -9,6 +9,8 @@
 // retryable failures instead of messages parked for librdkafka's 5 minutes).
 #include "sinks/kafka_sink.hpp"
 
+#include "options/kafka_defaults.hpp"
+
 #include <algorithm>
 #include <set>
 
@@ -70,8 +72,8 @@ std::vector<std::pair<std::string, std::string>> kafka_effective_config(const Op
     dflt({"partitioner"}, "murmur2_random");
     // Idempotence keeps order with up to 5 in flight; without it only 1 does.
     dflt({"max.in.flight.requests.per.connection", "max.in.flight"}, idempotent ? "5" : "1");
-    dflt({"message.timeout.ms", "delivery.timeout.ms"}, "30000");
-    dflt({"linger.ms", "queue.buffering.max.ms"}, "5");
+    dflt({"message.timeout.ms", "delivery.timeout.ms"}, kKafkaDefaultMessageTimeoutMs);
+    dflt({"linger.ms", "queue.buffering.max.ms"}, kKafkaDefaultLingerMs);
     dflt({"batch.num.messages"}, "10000");
     dflt({"queue.buffering.max.messages"}, "500000");
     dflt({"client.id"}, "batchkit-" + opts.get_or("name", "sink"));
