@@ -44,6 +44,7 @@
  */
 #include "postgres.h"
 
+#include <malloc.h>
 #include <math.h>
 
 #include "access/xact.h"
@@ -1488,6 +1489,17 @@ batchkit_flush_worker_main(Datum main_arg)
 	TimestampTz last_maintain = 0;
 	TimestampTz last_reload = 0;
 
+	/*
+	 * No glibc fastbins in this process. A Kafka drain allocates a message, its
+	 * header list and three headers per row and frees them in the delivery
+	 * reports thousands of messages later, while PostgreSQL's large blocks come
+	 * and go: each free that coalesces past 64 kB then consolidates the
+	 * fastbins, and the small allocations that follow take glibc's slow path
+	 * (16% of a drain's CPU). Without fastbins, a replay of that pattern
+	 * (bench/flush/malloc_replay.c) runs ~25% faster; drains alternated with and
+	 * without it: bench/flush/RESULTS.md. Only this worker process is affected.
+	 */
+	mallopt(M_MXFAST, 0);
 	pqsignal(SIGTERM, die);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
