@@ -50,17 +50,36 @@ import redis
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
+def _read_env(run):
+    env = {}
+    for line in open(os.path.join(run, "env")):
+        k, _, v = line.strip().partition("=")
+        env[k] = v
+    return env
+
+
+def _alive(env):
+    """The services of an env file still answer (a run directory outlives a
+    server that crashed or was killed)."""
+    try:
+        psycopg2.connect(host=env["PGHOST"], port=env["PGPORT"], user=env.get("PGUSER", "postgres"),
+                         dbname="postgres", connect_timeout=3).close()
+        return True
+    except (KeyError, psycopg2.OperationalError):
+        return False
+
+
 def load_env():
     started = False
     if not os.environ.get("BATCHKIT_RUN_DIR"):
         cur = os.path.join(ROOT, ".run", "current")
-        if not (os.path.exists(cur) and os.path.isdir(open(cur).read().strip())):
+        run = open(cur).read().strip() if os.path.exists(cur) else ""
+        if not (run and os.path.isfile(os.path.join(run, "env")) and _alive(_read_env(run))):
+            # none, or dead: services.sh stops what is left of them and starts afresh
             subprocess.run(["bash", os.path.join(ROOT, "scripts", "services.sh"), "start"], check=True)
             started = True
-        run = open(cur).read().strip()
-        for line in open(os.path.join(run, "env")):
-            k, _, v = line.strip().partition("=")
-            os.environ[k] = v
+            run = open(cur).read().strip()
+        os.environ.update(_read_env(run))
     return started
 
 
