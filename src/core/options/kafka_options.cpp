@@ -259,40 +259,41 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
     }
 
     if (conf.get("enable.idempotence") == "true") {
-        const char *fix = "Or set \"enable.idempotence\": false as well (a retried batch may then "
-                          "be duplicated or reordered within a partition).";
+        // o's value (as shown) conflicts with idempotence: why, and what to use instead
+        auto conflict = [](const Option *o, const std::string &shown, const char *why,
+                           const std::string &use) {
+            return OptionError("option \"" + o->key + "\" = " + shown +
+                                   " conflicts with enable.idempotence = true",
+                               why,
+                               use + "Or set \"enable.idempotence\": false as well (a retried "
+                                     "batch may then be duplicated or reordered within a "
+                                     "partition).");
+        };
         if (const Option *a = given("acks", "request.required.acks"); a && conf.get("acks") != "-1")
-            throw OptionError("option \"" + a->key + "\" = " + a->value +
-                                  " conflicts with enable.idempotence = true",
-                              "batchkit enables librdkafka's idempotent producer by default; it "
-                              "needs every in-sync replica to acknowledge (acks = all).",
-                              "Use \"" + a->key + "\": \"all\". " + fix);
+            throw conflict(a, a->value,
+                           "batchkit enables librdkafka's idempotent producer by default; it "
+                           "needs every in-sync replica to acknowledge (acks = all).",
+                           "Use \"" + a->key + "\": \"all\". ");
         if (const Option *r = given("retries", "message.send.max.retries");
             r && conf.get("retries") == "0")
-            throw OptionError("option \"" + r->key +
-                                  "\" = 0 conflicts with enable.idempotence = true",
-                              "The idempotent producer must be able to retry.", fix);
+            throw conflict(r, "0", "The idempotent producer must be able to retry.", "");
         if (const Option *m = given("max.in.flight", "max.in.flight.requests.per.connection");
             m && std::stol(conf.get("max.in.flight")) > 5)
-            throw OptionError("option \"" + m->key + "\" = " + m->value +
-                                  " conflicts with enable.idempotence = true",
-                              "The idempotent producer keeps order with at most 5 requests in "
-                              "flight per broker connection.",
-                              std::string("Use at most 5. ") + fix);
+            throw conflict(m, m->value,
+                           "The idempotent producer keeps order with at most 5 requests in "
+                           "flight per broker connection.",
+                           "Use at most 5. ");
         if (const Option *t = given("queue.buffering.backpressure.threshold", "");
             t && std::stol(conf.get("queue.buffering.backpressure.threshold")) > 1)
-            throw OptionError("option \"" + t->key + "\" = " + t->value +
-                                  " conflicts with enable.idempotence = true",
-                              "librdkafka's idempotent producer needs a backpressure threshold "
-                              "of 1.",
-                              std::string("Remove it. ") + fix);
+            throw conflict(t, t->value,
+                           "librdkafka's idempotent producer needs a backpressure threshold of 1.",
+                           "Remove it. ");
         if (const Option *q = given("queuing.strategy", "");
             q && conf.get("queuing.strategy") != "fifo")
-            throw OptionError("option \"" + q->key + "\" = \"" + q->value +
-                                  "\" conflicts with enable.idempotence = true",
-                              "The idempotent producer sends each partition's messages in the "
-                              "order they were produced (fifo).",
-                              std::string("Remove it. ") + fix);
+            throw conflict(q, "\"" + q->value + "\"",
+                           "The idempotent producer sends each partition's messages in the "
+                           "order they were produced (fifo).",
+                           "Remove it. ");
     } else if (const Option *g = given("enable.gapless.guarantee", "");
                g && conf.get("enable.gapless.guarantee") == "true") {
         throw OptionError("option \"enable.gapless.guarantee\" needs enable.idempotence = true",
