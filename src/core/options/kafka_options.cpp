@@ -312,23 +312,25 @@ void validate_kafka_options(SinkConfig &cfg, const std::vector<RawOption> &raw) 
             "librdkafka's defaults are 100 and 10000 ms.",
             "Raise reconnect.backoff.max.ms or lower reconnect.backoff.ms.");
     {
-        const Option *t = given("message.timeout.ms", "delivery.timeout.ms");
-        const Option *l = given("linger.ms", "queue.buffering.max.ms");
-        const double timeout = std::stod(t ? conf.get("message.timeout.ms")
-                                           : std::string(kKafkaDefaultMessageTimeoutMs));
-        const double linger =
-            std::stod(l ? conf.get("linger.ms") : std::string(kKafkaDefaultLingerMs));
-        if (timeout != 0 && timeout <= linger)
-            throw OptionError(
-                "option \"" + std::string(t ? t->key : "message.timeout.ms") + "\" (" +
-                    (t ? t->value
-                       : std::string(kKafkaDefaultMessageTimeoutMs) + ", batchkit's default") +
-                    ") must be greater than \"" + (l ? l->key : "linger.ms") + "\" (" +
-                    (l ? l->value : std::string(kKafkaDefaultLingerMs) + ", batchkit's default") +
-                    ")",
-                "A message may wait linger.ms before it is sent and must still be deliverable "
-                "before it times out.",
-                "Raise message.timeout.ms (0: no timeout) or lower linger.ms.");
+        // the value the worker uses, and how to name it: as given, or batchkit's default
+        struct Used {
+            double value;
+            std::string shown;
+        };
+        auto used = [&](const char *key, const char *alias, const char *dflt) {
+            const Option *o = given(key, alias);
+            return o ? Used{std::stod(conf.get(key)), "\"" + o->key + "\" (" + o->value + ")"}
+                     : Used{std::stod(dflt),
+                            "\"" + std::string(key) + "\" (" + dflt + ", batchkit's default)"};
+        };
+        const Used timeout =
+            used("message.timeout.ms", "delivery.timeout.ms", kKafkaDefaultMessageTimeoutMs);
+        const Used linger = used("linger.ms", "queue.buffering.max.ms", kKafkaDefaultLingerMs);
+        if (timeout.value != 0 && timeout.value <= linger.value)
+            throw OptionError("option " + timeout.shown + " must be greater than " + linger.shown,
+                              "A message may wait linger.ms before it is sent and must still be "
+                              "deliverable before it times out.",
+                              "Raise message.timeout.ms (0: no timeout) or lower linger.ms.");
     }
 
     cfg.add_default("topic", kDefaultTopic, BK_JSON_STRING);
