@@ -8,8 +8,10 @@
 #   4. start PostgreSQL 15 + redis-server + the Kafka dev broker (scripts/services.sh)
 #   5. the core's sink tests on the real Redis/Kafka (ctest -L services), pg_regress
 #      (make installcheck), then the integration suite (pytest)
-#   6. stop every service it started — also when a test fails — and print
-#      "N passed, N failed"
+#   6. stop every service it started — also when a test fails
+#   7. run the README's first command (scripts/demo.sh, its own services) and
+#      count it as one test: it checks what it reads back and fails otherwise;
+#      then print "N passed, N failed"
 #
 # Options (environment): BATCHKIT_TEST_FILTER=expr  passes -k expr to pytest;
 #                        BATCHKIT_SKIP_ASAN=1        skips the sanitizer build.
@@ -120,6 +122,15 @@ fi
 
 cleanup
 trap - EXIT
+
+# --- 7. the README's first command, end to end on its own services --------------------------------
+bk_log "the README's first command (scripts/demo.sh)"
+if bash scripts/demo.sh >"$OUT/demo.log" 2>&1 && grep -q "demo done" "$OUT/demo.log"; then
+    echo "  demo: ok"; add 1 0
+else
+    echo "  demo: FAILED"; tail -n 40 "$OUT/demo.log"; add 0 1
+fi
+
 echo
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
