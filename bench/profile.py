@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--sink", choices=["redis", "kafka"], default="redis")
     ap.add_argument("--bk-options", default=None)
+    ap.add_argument("--partitions", type=int, default=128, help="partitions of the Kafka topic")
     args = ap.parse_args()
     os.makedirs(benchlib.OUT_DIR, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -68,7 +69,7 @@ def main():
     cur.execute("VACUUM ANALYZE src")
     broker = None
     if args.sink == "kafka":
-        broker = svc.kafka_broker([("prof", 128)])
+        broker = svc.kafka_broker([("prof", args.partitions)])
         opts = {"bootstrap.servers": broker.bootstrap, "topic": "prof"}
     else:
         opts = {"url": f"redis://127.0.0.1:{svc.redis_port}/0", "command": "xadd",
