@@ -367,6 +367,57 @@ def test_faults_mid_flush_lose_nothing(db, services, redis_client, fault):
         conn.close()
 
 
+def test_a_rejection_lost_to_a_crash_is_dead_lettered_on_replay(db, services, redis_client):
+    """Redis applied a batch in which one command failed (WRONGTYPE), and the worker was
+    killed before it recorded that rejection: the replay is skipped by the fence, yet the
+    failed message still lands in dead_letters, and nothing is applied twice."""
+    dbname = db.info.dbname
+    t, sink = f"t_rj_{uid()}", f"rj_{uid()}"
+    redis_sink(db, services, sink, key=t + ":{id}")
+    q(db, f"CREATE TABLE {t} (id int PRIMARY KEY)")
+    q(db, "SELECT batchkit.capture(%s::regclass, %s)", (t, sink))
+    redis_client.set(f"{t}:2", "a plain string")     # row 2's XADD will fail: WRONGTYPE
+    pause(db, sink, True)
+    q(db, f"INSERT INTO {t} VALUES (1), (2), (3)")
+    # Hold Redis for 3 s, so that the claimed batch waits there while this test locks
+    # its inflight row; once Redis applied it, the worker's acknowledgement blocks on it.
+    redis_lib.Redis(port=int(services["REDIS_PORT"])).client_pause(3000)
+    pause(db, sink, False)
+    lock = connect(services, dbname, autocommit=False)
+    deadline = time.time() + 10
+    while not q(lock, "SELECT 1 FROM batchkit.inflight i JOIN batchkit.sink s USING (sink_id) "
+                      "WHERE s.name = %s FOR UPDATE OF i", (sink,)):
+        lock.rollback()
+        assert time.time() < deadline, "the batch was not claimed"
+        time.sleep(0.02)
+    r2 = redis_lib.Redis(port=int(services["REDIS_PORT"]))
+    deadline = time.time() + 15
+    while r2.exists(f"{t}:1") == 0:                  # the transaction was applied
+        assert time.time() < deadline, "Redis did not apply the batch"
+        time.sleep(0.05)
+    time.sleep(0.5)                                  # the worker waits for our lock now
+    assert q(db, "SELECT count(*) FROM batchkit.dead_letters WHERE sink = %s", (sink,))[0][0] == 0
+    db.close()
+    os.kill(_flush_worker_pid(services, dbname), signal.SIGKILL)
+    try:
+        lock.close()
+    except psycopg2.Error:
+        pass
+    time.sleep(1)
+    wait_for_server(services)
+    _wait_worker(services, dbname)
+    conn = connect(services, dbname)
+    try:
+        flush(conn, sink, "60s")
+        dead = q(conn, "SELECT target, error FROM batchkit.dead_letters WHERE sink = %s", (sink,))
+        assert len(dead) == 1 and dead[0][0] == f"{t}:2" and "WRONGTYPE" in dead[0][1], dead
+        for k in (1, 3):                             # applied once, not again on the replay
+            assert r2.xlen(f"{t}:{k}") == 1
+        assert r2.get(f"{t}:2") == b"a plain string"
+    finally:
+        conn.close()
+
+
 def test_redis_restart_mid_flush_exactly_once(db, services):
     """A Redis with persistence (appendfsync always) restarted while batches flow."""
     d = tempfile.mkdtemp(prefix="batchkit-redis.")

@@ -326,6 +326,69 @@ TEST_F(RedisSinkTest, WrongTypeRejectsOneMessageAndAppliesTheRest) {
     EXPECT_EQ(client_->str({"HGET", hk1, "id"}), "1");
 }
 
+// The worker died after Redis applied a batch in which one command failed
+// (WRONGTYPE), before the rejection was dead-lettered: the replay is skipped by
+// the fence, but the failed message must still come back REJECTED (to be
+// dead-lettered), not OK, and nothing is written twice.
+TEST_F(RedisSinkTest, AReplayStillRejectsWhatFailedInsideTheAppliedTransaction) {
+    std::string good = unique("g"), bad = unique("bad");
+    ASSERT_EQ(client_->str({"SET", bad, "a plain string"}), "OK");
+    std::string v = "{\"v\":1}";
+    std::vector<bk_message> m = {message(good, v, 1), message(bad, v, 2), message(good, v, 3)};
+    std::vector<bk_send_result> r;
+    bk_send_summary sum;
+    bk_sink *s = open({{"command", "xadd"}});
+    ASSERT_NE(s, nullptr);
+    EXPECT_EQ(send(s, m, 20, r, &sum), BK_REJECTED);
+    EXPECT_EQ(r[1].code, BK_SEND_REJECTED);
+    EXPECT_EQ(client_->integer({"XLEN", good}), 2);
+
+    // A restarted worker replays batch 20 (same sequence, fresh connection).
+    bk_sink *again = open({{"command", "xadd"}});
+    ASSERT_NE(again, nullptr);
+    EXPECT_EQ(send(again, m, 20, r, &sum), BK_REJECTED);
+    EXPECT_EQ(sum.skipped_by_fence, 1);
+    EXPECT_EQ(r[0].code, BK_SEND_OK);
+    EXPECT_EQ(r[1].code, BK_SEND_REJECTED);
+    EXPECT_NE(std::string(r[1].message).find("WRONGTYPE"), std::string::npos) << r[1].message;
+    EXPECT_EQ(r[2].code, BK_SEND_OK);
+    EXPECT_EQ(sum.ok, 2u);
+    EXPECT_EQ(sum.rejected, 1u);
+    EXPECT_EQ(client_->integer({"XLEN", good}), 2); // not applied again
+    EXPECT_EQ(client_->str({"GET", bad}), "a plain string");
+
+    // hset: a key that holds a list; a delete of a row (DEL) accepts any key.
+    bk_sink *h = open({{"command", "hset"}});
+    std::string hk = unique("hk"), hl = unique("hl"), hd = unique("hd");
+    ASSERT_EQ(client_->integer({"RPUSH", hl, "x"}), 1);
+    ASSERT_EQ(client_->integer({"RPUSH", hd, "x"}), 1);
+    bk_field f[] = {{"id", 2, "1", 1}};
+    const std::string none;
+    std::vector<bk_message> hm = {message(hk, none, 1), message(hl, none, 2), message(hd, none, 3)};
+    for (auto &x : hm)
+        x.fields = f, x.nfields = 1;
+    hm[2].op = BK_OP_DELETE;
+    EXPECT_EQ(send(h, hm, 21, r), BK_REJECTED);
+    EXPECT_EQ(r[1].code, BK_SEND_REJECTED);
+    EXPECT_EQ(r[2].code, BK_SEND_OK);
+    ASSERT_EQ(client_->integer({"RPUSH", hd, "y"}), 1); // after the crash, hd is a list again
+    bk_sink *h2 = open({{"command", "hset"}});
+    EXPECT_EQ(send(h2, hm, 21, r, &sum), BK_REJECTED);
+    EXPECT_EQ(sum.skipped_by_fence, 1);
+    EXPECT_EQ(r[0].code, BK_SEND_OK);
+    EXPECT_EQ(r[1].code, BK_SEND_REJECTED);
+    EXPECT_EQ(r[2].code, BK_SEND_OK); // DEL is not checked
+    EXPECT_EQ(client_->str({"HGET", hk, "id"}), "1");
+
+    // set accepts any key: a replay checks nothing and reports every message OK.
+    bk_sink *st = open({{"command", "set"}});
+    std::vector<bk_message> sm = {message(bad, v, 1)};
+    ASSERT_EQ(send(st, sm, 22, r), BK_OK);
+    ASSERT_EQ(send(st, sm, 22, r, &sum), BK_OK);
+    EXPECT_EQ(sum.skipped_by_fence, 1);
+    EXPECT_EQ(r[0].code, BK_SEND_OK);
+}
+
 TEST_F(RedisSinkTest, ReconnectsAfterARestart) {
     PrivateRedis own(free_port());
     ASSERT_TRUE(own.start()) << "could not start a private redis-server";

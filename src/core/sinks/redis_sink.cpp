@@ -5,7 +5,8 @@
 //     SET fence <batch_seq>
 // then, once GET's reply is in, EXEC — or DISCARD when the fence is already
 // >= batch_seq: the batch was applied before (a replay after a crash), so every
-// message is reported ok and nothing is written again (effectively-once). The
+// message is reported ok and nothing is written again (effectively-once), except
+// one whose command failed inside that transaction (replay_types). The
 // queued commands cost Redis some parsing on a replay, which is rare; in exchange
 // the batch travels with the fence check instead of one round trip later.
 // WATCH makes EXEC fail (nil) if anyone else moved the fence in between (a second
@@ -30,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <unordered_map>
 
 #include "batchkit/core.h"
 #include "util/abi_guard.hpp"
@@ -468,12 +470,62 @@ void RedisSink::start(InFlight &b, const bk_message *msgs) {
         // Decide before Redis runs anything queued: EXEC, or DISCARD the queue.
         RespWriter tail;
         tail.command({b.exec ? "EXEC" : "DISCARD"});
+        if (b.replay)
+            replay_types(b, msgs, tail);
         send(tail.data(), deadline);
         b.awaiting = true;
     } catch (const Error &e) {
         if (e.code() != BK_UNAVAILABLE)
             throw;
         fail(b, e.what());
+    }
+}
+
+// The type a key must have (or not exist) for the command to succeed; nullptr
+// when the command accepts any key.
+static const char *required_type(RedisCommand c) {
+    switch (c) {
+    case RedisCommand::Xadd:
+        return "stream";
+    case RedisCommand::Lpush:
+    case RedisCommand::Rpush:
+        return "list";
+    case RedisCommand::Hset:
+        return "hash";
+    case RedisCommand::Set:
+    case RedisCommand::Publish:
+        break;
+    }
+    return nullptr;
+}
+
+// Why a replay asks for key types: a command that failed inside an applied
+// EXEC (WRONGTYPE: the key holds another type) was reported REJECTED and is
+// dead-lettered when the batch is acknowledged. If the worker died before that,
+// the replay finds the fence moved and skips the batch; without a check, every
+// message would then count as delivered, the failed one included, and it would
+// be in neither Redis nor dead_letters. WRONGTYPE is the failure that can occur
+// inside an applied transaction (syntax, size and OOM errors abort the whole
+// EXEC), and the key's type still says whether it did, unless the key was
+// changed between the crash and the replay. SET, DEL and PUBLISH accept any key.
+void RedisSink::replay_types(InFlight &b, const bk_message *msgs, RespWriter &w) {
+    if (required_type(command_) == nullptr)
+        return;
+    std::unordered_map<std::string_view, uint32_t> index;
+    for (size_t i = 0; i < b.n; i++) {
+        const bk_message &m = msgs[i];
+        if (b.results[i].code == BK_SEND_REJECTED)
+            continue; // refused before sending
+        if (command_ == RedisCommand::Hset && m.op == BK_OP_DELETE)
+            continue; // DEL
+        std::string_view key =
+            m.target ? std::string_view(m.target, m.target_len) : std::string_view(default_key_);
+        auto it = index.find(key);
+        if (it == index.end()) {
+            it = index.emplace(key, static_cast<uint32_t>(b.ntypes++)).first;
+            w.command({"TYPE", key});
+        }
+        b.type_checks.emplace_back(static_cast<uint32_t>(i), it->second);
     }
 }
 
@@ -504,6 +556,12 @@ void RedisSink::complete(InFlight &b) {
             }
         }
         RespItem exec = next(deadline);
+        std::vector<std::string> types; // replay_types' replies, read before anything returns
+        for (size_t t = 0; t < b.ntypes; t++) {
+            RespItem r = next(deadline);
+            types.push_back(r.is_error() ? std::string("-") + std::string(r.str)
+                                         : std::string(r.str));
+        }
         if (!b.problem.empty()) {
             fail(b, "redis: " + b.problem);
             return;
@@ -516,6 +574,22 @@ void RedisSink::complete(InFlight &b) {
             for (size_t i = 0; i < n; i++)
                 if (results[i].code != BK_SEND_REJECTED)
                     results[i] = {BK_SEND_OK, 0, "", -1, -1};
+            const char *expect = required_type(command_);
+            for (const auto &[i, t] : b.type_checks) {
+                const std::string &type = types[t];
+                if (!type.empty() && type[0] == '-') {
+                    fail(b, "redis: checking the key types of a replayed batch failed: " +
+                                type.substr(1));
+                    return;
+                }
+                if (type != expect && type != "none")
+                    results[i] = {BK_SEND_REJECTED, -1,
+                                  keep_message("WRONGTYPE: the key holds a " + type + ", not a " +
+                                               expect +
+                                               " (found when this batch was replayed: Redis had "
+                                               "applied it, this message's command had failed)"),
+                                  -1, -1};
+            }
             b.clean = true;
             return;
         }

@@ -52,7 +52,14 @@ class RedisSink final : public Sink {
         std::string problem;             // why it was DISCARDed (replay aside)
         bool clean = false;              // done, and nothing of it RETRYABLE
         int64_t fence_before = -1;
+        // A replay: the TYPE of each distinct key sent after DISCARD (replay_types),
+        // and which message's command needed which of them (message, TYPE reply).
+        std::vector<std::pair<uint32_t, uint32_t>> type_checks;
+        size_t ntypes = 0;
     };
+    // On a replay (the fence says the batch was applied), ask Redis for the type
+    // of each key a command of the batch could have failed on (WRONGTYPE).
+    void replay_types(InFlight &b, const bk_message *msgs, RespWriter &w);
     void start(InFlight &b, const bk_message *msgs);
     void complete(InFlight &b);                              // reads its replies
     void fail(InFlight &b, const std::string &why) noexcept; // RETRYABLE, done
