@@ -73,6 +73,18 @@ std::vector<std::map<std::string, std::string>> xrange(RedisClient &c, const std
     return out;
 }
 
+// Three messages, the second one's key of the wrong type.
+void expect_only_the_middle_one_wrongtype(const std::vector<bk_send_result> &r,
+                                          const bk_send_summary &sum) {
+    ASSERT_EQ(r.size(), 3u);
+    EXPECT_EQ(r[0].code, BK_SEND_OK);
+    EXPECT_EQ(r[1].code, BK_SEND_REJECTED);
+    EXPECT_NE(std::string(r[1].message).find("WRONGTYPE"), std::string::npos) << r[1].message;
+    EXPECT_EQ(r[2].code, BK_SEND_OK);
+    EXPECT_EQ(sum.ok, 2u);
+    EXPECT_EQ(sum.rejected, 1u);
+}
+
 } // namespace
 
 TEST_F(RedisSinkTest, XaddWritesDataAndIdempotencyKeyInOrder) {
@@ -298,12 +310,7 @@ TEST_F(RedisSinkTest, WrongTypeRejectsOneMessageAndAppliesTheRest) {
     bk_status st{};
     r.assign(3, {});
     EXPECT_EQ(bk_sink_send_batch(s, m.data(), 3, 5, r.data(), 5000, &sum, &st), BK_REJECTED);
-    EXPECT_EQ(r[0].code, BK_SEND_OK);
-    EXPECT_EQ(r[1].code, BK_SEND_REJECTED);
-    EXPECT_NE(std::string(r[1].message).find("WRONGTYPE"), std::string::npos) << r[1].message;
-    EXPECT_EQ(r[2].code, BK_SEND_OK);
-    EXPECT_EQ(sum.ok, 2u);
-    EXPECT_EQ(sum.rejected, 1u);
+    expect_only_the_middle_one_wrongtype(r, sum);
     EXPECT_NE(std::string(st.message).find("WRONGTYPE"), std::string::npos);
     EXPECT_EQ(client_->integer({"XLEN", good1}), 1);
     EXPECT_EQ(client_->integer({"XLEN", good2}), 1);
@@ -348,12 +355,7 @@ TEST_F(RedisSinkTest, AReplayStillRejectsWhatFailedInsideTheAppliedTransaction) 
     ASSERT_NE(again, nullptr);
     EXPECT_EQ(send(again, m, 20, r, &sum), BK_REJECTED);
     EXPECT_EQ(sum.skipped_by_fence, 1);
-    EXPECT_EQ(r[0].code, BK_SEND_OK);
-    EXPECT_EQ(r[1].code, BK_SEND_REJECTED);
-    EXPECT_NE(std::string(r[1].message).find("WRONGTYPE"), std::string::npos) << r[1].message;
-    EXPECT_EQ(r[2].code, BK_SEND_OK);
-    EXPECT_EQ(sum.ok, 2u);
-    EXPECT_EQ(sum.rejected, 1u);
+    expect_only_the_middle_one_wrongtype(r, sum);
     EXPECT_EQ(client_->integer({"XLEN", good}), 2); // not applied again
     EXPECT_EQ(client_->str({"GET", bad}), "a plain string");
 
