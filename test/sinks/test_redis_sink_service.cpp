@@ -382,6 +382,19 @@ TEST_F(RedisSinkTest, AReplayStillRejectsWhatFailedInsideTheAppliedTransaction) 
     EXPECT_EQ(r[2].code, BK_SEND_OK); // DEL is not checked
     EXPECT_EQ(client_->str({"HGET", hk, "id"}), "1");
 
+    // A Redis user whose ACL refuses TYPE: the replay cannot check, and does not get
+    // stuck either: as before the check, every message counts as delivered.
+    std::string user = unique("notype");
+    ASSERT_EQ(client_->str({"ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", "-type"}), "OK");
+    std::string acl_url = "redis://" + user + ":pw@127.0.0.1:" + std::to_string(port_) + "/0";
+    bk_sink *noacl = open({{"command", "xadd"}, {"url", acl_url}});
+    ASSERT_NE(noacl, nullptr);
+    EXPECT_EQ(send(noacl, m, 20, r, &sum), BK_OK);
+    EXPECT_EQ(sum.skipped_by_fence, 1);
+    for (auto &x : r)
+        EXPECT_EQ(x.code, BK_SEND_OK);
+    client_->cmd({"ACL", "DELUSER", user});
+
     // set accepts any key: a replay checks nothing and reports every message OK.
     bk_sink *st = open({{"command", "set"}});
     std::vector<bk_message> sm = {message(bad, v, 1)};
