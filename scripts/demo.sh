@@ -68,7 +68,9 @@ echo "XLEN stream:orders = $(redis-cli -p "$REDIS_PORT" XLEN stream:orders)   (e
 redis-cli -p "$REDIS_PORT" XREVRANGE stream:orders + - COUNT 1
 
 step "read back from Kafka with kcat"
-n=$(kcat -b "$KAFKA_BOOTSTRAP" -C -t public.orders -e -o beginning -q -f '%h\n' | sort -u | wc -l)
+# every message once: its key, a tab, its headers (the idempotency key is among them)
+kafka_msgs=$(kcat -b "$KAFKA_BOOTSTRAP" -C -t public.orders -e -o beginning -q -f '%k\t%h\n')
+n=$(cut -f2 <<<"$kafka_msgs" | sort -u | wc -l)
 echo "distinct messages (by idempotency key) in topic public.orders = $n   (expected 12500)"
 kcat -b "$KAFKA_BOOTSTRAP" -C -t public.orders -e -o beginning -q -c 1 \
      -f 'key=%k  headers=%h\n%s\n'
@@ -90,7 +92,7 @@ grep -E '^batch_(items_processed_total|queue_size)' <<<"$metrics" | head -8
 [ "$n" = 12500 ] || bk_die "Kafka did not get every change"
 [ "$(redis-cli -p "$REDIS_PORT" --raw XRANGE stream:orders - + | grep -cF '"key":{"id":999999}')" = 0 ] ||
     bk_die "the rolled-back row reached Redis"
-[ "$(kcat -b "$KAFKA_BOOTSTRAP" -C -t public.orders -e -o beginning -q -f '%k\n' | grep -cx 999999)" = 0 ] ||
+[ "$(cut -f1 <<<"$kafka_msgs" | grep -cx 999999)" = 0 ] ||
     bk_die "the rolled-back row reached Kafka"
 [ "$(sql -Atc "SELECT count(*) FROM batchkit.queue")" = 0 ] || bk_die "the queue is not empty"
 [ "$(sql -Atc "SELECT count(*) FROM batchkit.dead_letters")" = 0 ] || bk_die "something was dead-lettered"

@@ -223,8 +223,7 @@ int64_t RedisSink::parse_fence(const RespItem &r) const {
 }
 
 size_t RedisSink::append_commands(const bk_message &m, const char **why) {
-    std::string_view key =
-        m.target ? std::string_view(m.target, m.target_len) : std::string_view(default_key_);
+    std::string_view key = key_of(m);
     if (key.empty()) {
         *why = "no key: the message has no target and the sink no \"key\" option";
         return 0;
@@ -518,8 +517,7 @@ void RedisSink::replay_types(InFlight &b, const bk_message *msgs, RespWriter &w)
             continue; // refused before sending
         if (command_ == RedisCommand::Hset && m.op == BK_OP_DELETE)
             continue; // DEL
-        std::string_view key =
-            m.target ? std::string_view(m.target, m.target_len) : std::string_view(default_key_);
+        std::string_view key = key_of(m);
         auto it = index.find(key);
         if (it == index.end()) {
             it = index.emplace(key, static_cast<uint32_t>(b.ntypes++)).first;

@@ -78,6 +78,10 @@ class RedisSink final : public Sink {
     bool row_format_;        // stream entries carry op and table themselves (no envelope)
     bool idempotency_field_; // xadd: an idempotency_key field in every entry
     std::string default_key_;
+    // The key a message's command writes: its rendered target, or the sink's "key".
+    std::string_view key_of(const bk_message &m) const {
+        return m.target ? std::string_view(m.target, m.target_len) : std::string_view(default_key_);
+    }
     std::string fence_key_;
     int64_t maxlen_; // xadd MAXLEN ~ N; 0 = none
     int64_t ttl_ms_; // set PX; 0 = none
