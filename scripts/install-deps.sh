@@ -20,8 +20,9 @@ PACKAGES=(
     postgresql-15-pgq3 python3-crc32c python3-hiredis
     # make bench: the report's plots
     python3-matplotlib
-    # misc tools the scripts use
-    procps util-linux
+    # misc tools the scripts use; gdb holds a backend inside its commit for a
+    # race test (test_capture.py)
+    procps util-linux gdb
 )
 
 missing=()

@@ -56,7 +56,15 @@ typedef struct BkSinkSlot {
     bool depth_known;
     Oid dboid;
     int32 sink_id;
+    /*
+     * The depth counter: committed, unacknowledged records. Read without a lock;
+     * written under `mutex` (a commit's delta, the rebuild's store), which also
+     * counts the writes in `applied`. `committing` counts transactions between
+     * their PRE_COMMIT and their delta (queue.c, "depth").
+     */
     pg_atomic_uint64 queued;
+    pg_atomic_uint32 committing;
+    uint64 applied;
     pg_atomic_uint32 flush_requested; /* flush() asks the worker to skip the linger */
 
     /*

@@ -1258,8 +1258,8 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	{
 		/*
 		 * Nothing committed is waiting (in-flight rows still count in depth).
-		 * The counter may undercount a commit that raced its rebuild after a
-		 * restart, so the queue is still looked at once per naptime.
+		 * The queue is still looked at once per naptime, in case the counter
+		 * is short (a writer that found no free shared slot at its commit).
 		 */
 		can_claim = false;
 	}

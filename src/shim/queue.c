@@ -13,6 +13,8 @@
  *               abort the aborted ones are forgotten, at commit they are added
  *               to the shared depth counters and the database's flush worker is
  *               woken (SetLatch), at abort all are forgotten.
+ *   marks[]     from PRE_COMMIT to COMMIT/ABORT: the net delta per sink, and
+ *               the slot whose `committing` count this transaction is in.
  * PREPARE TRANSACTION of a transaction that enqueued is refused: the commit
  * would happen in another backend and the wake-up and depth would be lost.
  *
@@ -63,6 +65,24 @@ static bool reload_worker_at_commit = false;
 static PendingCount *pending = NULL;
 static int	npending = 0;
 static int	maxpending = 0;
+
+/*
+ * A committing transaction's net delta per sink, counted in the slot's
+ * `committing` from PRE_COMMIT (before its rows become visible) until the
+ * delta is applied at COMMIT, or until ABORT.
+ */
+typedef struct CommitMark
+{
+	int32		sink_id;
+	int64		delta;
+	bool		enqueued;		/* some records were queued (wake the worker) */
+	BkSinkSlot *slot;
+} CommitMark;
+
+static CommitMark *marks = NULL;
+static int	nmarks = 0;
+static int	maxmarks = 0;
+static int	npending_marked = 0;	/* pending[] entries the marks cover */
 static bool callbacks_registered = false;
 
 typedef struct SinkCacheEntry
@@ -346,30 +366,39 @@ pending_net(int32 sink_id)
  * it the first time it serves a sink after start-up; a writer does it when its
  * sink has a max_queue and the worker has not got there yet.
  *
- * Race with writers, who add their rows to the counter at commit (after their
- * rows became visible), also while it is unknown: the counter is read before a
- * fresh snapshot is taken and the sum is stored only if the counter has not
- * moved since (compare and swap); if a commit moved it, its rows may or may not
- * be in the sum, so the queue is summed again. Left open: a commit visible
- * before the snapshot whose callback runs only after the store (microseconds
- * between the two inside CommitTransaction) is counted twice. After a few
- * failed attempts the counter stays unknown and the next caller tries again.
+ * Race with writers, who add their delta to the counter at commit, after
+ * their rows became visible, also while it is unknown. A writer is counted in
+ * slot->committing from its PRE_COMMIT (before its rows can be in anyone's
+ * snapshot) until its delta is applied; the delta and the rebuild's store are
+ * written under slot->mutex, which counts them in slot->applied. The sum is
+ * stored only if, after the snapshot, no writer is committing (so every commit
+ * the snapshot sees has applied its delta) and nothing was applied since
+ * before the snapshot (so the counter holds no commit the snapshot missed):
+ * then the sum replaces the counter exactly. Otherwise the queue is summed
+ * again; after a few attempts the counter stays unknown and the next caller
+ * tries again (the flush worker does, every round).
  *
  * The calling transaction sees its own queued (and acknowledged) records,
  * which reach the counter only at its commit: they are taken out of the sum.
- * Returns the counter (at once when it is known: the committed, unacknowledged
- * records of the sink).
+ * Returns the counter when it is known (the committed, unacknowledged records
+ * of the sink), else the last sum (the same, as of a fresh snapshot), else 0.
  */
 uint64
 bk_queue_rebuild_depth(BkSinkSlot *slot, int32 sink_id)
 {
+	int64		sum = -1;
+
 	for (int attempt = 0; attempt < 5 && !slot->depth_known; attempt++)
 	{
-		uint64		expected = pg_atomic_read_u64(&slot->queued);
+		uint64		applied_before;
 		Datum		arg[1];
 		bool		isnull;
-		int64		sum;
 
+		if (attempt > 0)
+			pg_usleep(200L);	/* let the committing writers apply their deltas */
+		SpinLockAcquire(&slot->mutex);
+		applied_before = slot->applied;
+		SpinLockRelease(&slot->mutex);
 		arg[0] = Int32GetDatum(sink_id);
 		if (SPI_execute_snapshot(bk_keep_plan(&depth_plan,
 											  "SELECT COALESCE(sum(nrecords - done_records), 0)::int8 "
@@ -379,9 +408,21 @@ bk_queue_rebuild_depth(BkSinkSlot *slot, int32 sink_id)
 			break;
 		sum = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 										  &isnull)) - pending_net(sink_id);
-		if (pg_atomic_compare_exchange_u64(&slot->queued, &expected, (uint64) Max(sum, 0)))
+		sum = Max(sum, 0);
+		pg_memory_barrier();
+		if (pg_atomic_read_u32(&slot->committing) != 0)
+			continue;
+		SpinLockAcquire(&slot->mutex);
+		if (slot->applied == applied_before)
+		{
+			pg_atomic_write_u64(&slot->queued, (uint64) sum);
+			slot->applied++;
 			slot->depth_known = true;
+		}
+		SpinLockRelease(&slot->mutex);
 	}
+	if (!slot->depth_known && sum >= 0)
+		return (uint64) sum;
 	return pg_atomic_read_u64(&slot->queued);
 }
 
@@ -634,25 +675,90 @@ note_delta(int32 sink_id, int64 delta)
 	npending++;
 }
 
-/* Add or subtract, never below zero (the rebuilt depth may undercount a racing commit). */
+/* Add or subtract, never below zero (a counter that is not rebuilt yet may be short). */
 static void
 apply_delta(BkSinkSlot *slot, int64 delta)
 {
 	uint64		cur;
 
-	if (delta >= 0)
-	{
-		pg_atomic_fetch_add_u64(&slot->queued, (uint64) delta);
-		return;
-	}
+	SpinLockAcquire(&slot->mutex);
 	cur = pg_atomic_read_u64(&slot->queued);
-	for (;;)
-	{
-		uint64		next = cur > (uint64) (-delta) ? cur - (uint64) (-delta) : 0;
+	if (delta >= 0)
+		cur += (uint64) delta;
+	else
+		cur = cur > (uint64) (-delta) ? cur - (uint64) (-delta) : 0;
+	pg_atomic_write_u64(&slot->queued, cur);
+	slot->applied++;
+	SpinLockRelease(&slot->mutex);
+}
 
-		if (pg_atomic_compare_exchange_u64(&slot->queued, &cur, next))
-			break;
+/* Never below zero: a slot freed and taken again for the sink while we committed was zeroed. */
+static void
+leave_committing(BkSinkSlot *slot)
+{
+	uint32		cur = pg_atomic_read_u32(&slot->committing);
+
+	while (cur > 0 && !pg_atomic_compare_exchange_u32(&slot->committing, &cur, cur - 1))
+		;
+}
+
+/*
+ * PRE_COMMIT: sum this transaction's deltas per sink and enter each sink's
+ * `committing` (taking a slot if the sink has none yet, so that a rebuild
+ * that starts before our COMMIT callback sees us). May fail: the transaction
+ * then aborts.
+ */
+static void
+mark_committing(void)
+{
+	if (maxmarks < npending)
+	{
+		marks = marks ?
+			repalloc(marks, sizeof(CommitMark) * npending) :
+			MemoryContextAlloc(TopMemoryContext, sizeof(CommitMark) * npending);
+		maxmarks = npending;
 	}
+	for (int i = 0; i < npending; i++)
+	{
+		int			j;
+
+		for (j = 0; j < nmarks; j++)
+			if (marks[j].sink_id == pending[i].sink_id)
+				break;
+		if (j == nmarks)
+		{
+			marks[nmarks].sink_id = pending[i].sink_id;
+			marks[nmarks].delta = 0;
+			marks[nmarks].enqueued = false;
+			marks[nmarks].slot = NULL;
+			nmarks++;
+		}
+		marks[j].delta += pending[i].delta;
+		marks[j].enqueued |= pending[i].delta > 0;
+	}
+	npending_marked = npending;
+	for (int j = 0; j < nmarks; j++)
+	{
+		BkSinkSlot *slot = bk_sink_slot(MyDatabaseId, marks[j].sink_id, true);
+
+		if (slot)
+		{
+			pg_atomic_fetch_add_u32(&slot->committing, 1);
+			marks[j].slot = slot;
+		}
+	}
+}
+
+/* ABORT after PRE_COMMIT: leave `committing` without applying anything. */
+static void
+unmark_committing(void)
+{
+	for (int j = 0; j < nmarks; j++)
+		if (marks[j].slot &&
+			bk_sink_slot(MyDatabaseId, marks[j].sink_id, false) == marks[j].slot)
+			leave_committing(marks[j].slot);
+	nmarks = 0;
+	npending_marked = 0;
 }
 
 /* The sink's worker last published it as paused (a stale answer only delays a wake-up to the naptime). */
@@ -680,6 +786,10 @@ xact_callback(XactEvent event, void *arg)
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot PREPARE a transaction that queued rows for batchkit")));
 			break;
+		case XACT_EVENT_PRE_COMMIT:
+			if (npending > 0 && bk_shared != NULL)
+				mark_committing();
+			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (wake_launcher_at_commit)
@@ -689,29 +799,55 @@ xact_callback(XactEvent event, void *arg)
 			{
 				bool		wake = false;
 
-				/* post-commit: nothing here may fail */
-				for (int i = 0; i < npending; i++)
+				/*
+				 * post-commit: nothing here may fail. Applied while the counter
+				 * is unknown too: a rebuild that began before this stores its
+				 * sum only if no delta was applied meanwhile (see "depth").
+				 */
+				for (int j = 0; j < nmarks; j++)
+				{
+					BkSinkSlot *slot = marks[j].slot;
+
+					/* no slot at PRE_COMMIT (none free): nobody counts this sink */
+					if (slot != NULL)
+					{
+						/*
+						 * Unless it was freed since (sink or database dropped)
+						 * and maybe taken by another sink: its reuse zeroes it.
+						 */
+						if (bk_sink_slot(MyDatabaseId, marks[j].sink_id, false) == slot)
+						{
+							if (marks[j].delta != 0)
+								apply_delta(slot, marks[j].delta);
+							leave_committing(slot);
+						}
+						else
+							slot = NULL;
+					}
+
+					/*
+					 * A paused sink's worker has nothing to do with new rows:
+					 * not waking it spares each writer a signal (kill()) and
+					 * the worker a loop per commit. resume_sink() wakes it.
+					 */
+					if (marks[j].enqueued && !sink_slot_paused(slot))
+						wake = true;
+				}
+				/* deltas noted after PRE_COMMIT (none are expected) */
+				for (int i = npending_marked; i < npending; i++)
 				{
 					BkSinkSlot *slot = bk_sink_slot(MyDatabaseId, pending[i].sink_id, false);
 
-					/*
-					 * Applied while the counter is unknown too: the flush
-					 * worker's rebuild sees it move and sums the queue again
-					 * instead of storing a sum that missed this commit.
-					 */
 					if (slot)
 						apply_delta(slot, pending[i].delta);
-					/*
-					 * A paused sink's worker has nothing to do with new rows:
-					 * not waking it spares each writer a signal (kill()) and the
-					 * worker a loop per commit. resume_sink() wakes it itself.
-					 */
 					if (pending[i].delta > 0 && !sink_slot_paused(slot))
 						wake = true;
 				}
 				if (wake)
 					wake_worker_at_commit = true;
 			}
+			nmarks = 0;
+			npending_marked = 0;
 			npending = 0;
 			if (reload_worker_at_commit && bk_shared != NULL)
 				bk_request_reload(MyDatabaseId);
@@ -723,6 +859,7 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			owner_depth = 0;	/* the abort unwound the GUC nest levels */
+			unmark_committing();
 			npending = 0;
 			wake_launcher_at_commit = false;
 			wake_worker_at_commit = false;

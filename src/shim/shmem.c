@@ -222,6 +222,7 @@ bk_sink_slot(Oid dboid, int32 sink_id, bool create)
             s->sink_id = sink_id;
             s->depth_known = false;
             pg_atomic_init_u64(&s->queued, 0);
+            pg_atomic_init_u32(&s->committing, 0);
             pg_atomic_init_u32(&s->flush_requested, 0);
             SpinLockInit(&s->mutex);
             strlcpy(s->state, "idle", sizeof(s->state));

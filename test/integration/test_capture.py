@@ -7,6 +7,8 @@ leaves their queues to the test.
 import json
 import os
 import random
+import signal
+import subprocess
 import threading
 import time
 
@@ -14,7 +16,7 @@ import psycopg2
 import pytest
 
 from conftest import connect, drain, make_sink, pg_script, set_sink_options, wait_for_server
-from helpers import q
+from helpers import flush_worker_pid, q
 
 
 def new_table(db, name, extra=""):
@@ -281,6 +283,79 @@ def test_committed_rows_survive_immediate_shutdown(db, services):
         assert ids == list(range(1501, 5001))
     finally:
         conn.close()
+
+
+def test_depth_rebuilt_while_a_writer_commits_counts_its_rows_once(db, services, tmp_path):
+    """A sink's depth counter is rebuilt from the queue the first time it is needed
+    (after a restart, or for a new sink). A writer adds its rows to the counter in
+    its commit callback, which runs after its rows became visible: a rebuild in
+    between sees the rows in the queue AND gets the writer's delta. gdb holds a
+    writer exactly there, between visibility and its callback."""
+    n = 600
+    worker = flush_worker_pid(services, db.info.dbname)
+    assert worker, "the database has a flush worker"
+    # the worker would rebuild the new sink's counter at once, before the race
+    os.kill(worker, signal.SIGSTOP)
+    gdb = None
+    try:
+        make_sink(db, "race", paused=True)
+        new_table(db, "t_race")
+        q(db, "SELECT batchkit.capture('t_race', 'race')")
+        writer = connect_tx(db)
+        with writer.cursor() as cur:
+            cur.execute("INSERT INTO t_race (id) SELECT g FROM generate_series(1, %s) g", (n,))
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        ready, hit, release = (tmp_path / "ready", tmp_path / "hit", tmp_path / "release")
+        gdb = subprocess.Popen(
+            ["gdb", "-q", "-batch", "-nx", "-p", str(pid),
+             "-ex", "set pagination off",
+             "-ex", "break xact_callback if event == XACT_EVENT_COMMIT",
+             "-ex", f"shell touch {ready}",
+             "-ex", "continue",
+             "-ex", f"shell touch {hit}; while [ ! -e {release} ]; do sleep 0.05; done",
+             "-ex", "delete", "-ex", "detach"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_file(ready, gdb)
+        committed = threading.Thread(target=writer.commit)
+        committed.start()
+        wait_file(hit, gdb)   # the writer's rows are visible, its callback has not run
+
+        table_sum = "SELECT sum(nrecords - done_records) FROM batchkit.queue q " \
+                    "JOIN batchkit.sink s USING (sink_id) WHERE s.name = 'race'"
+        assert q(db, table_sum)[0][0] == n
+        assert q(db, "SELECT batchkit.queue_depth('race')")[0][0] == n
+
+        release.touch()
+        committed.join(30)
+        out, _ = gdb.communicate(timeout=30)
+        assert not committed.is_alive()
+        assert "Breakpoint 1, xact_callback" in out, out
+        writer.close()
+    finally:
+        if gdb is not None and gdb.poll() is None:
+            release.touch()
+            gdb.wait(30)
+        os.kill(worker, signal.SIGCONT)
+
+    # counted once: before the fix the counter said 2n here
+    assert q(db, "SELECT batchkit.queue_depth('race')")[0][0] == n
+    assert q(db, "SELECT rows_queued FROM batchkit.sink_stats WHERE sink = 'race'")[0][0] == n
+    # and backpressure judges by the true depth: n/4 more fit under a max_queue of 1.5n
+    set_sink_options(db, "race", {"max_queue": n * 3 // 2, "on_full": "error"})
+    q(db, "INSERT INTO t_race (id) SELECT g FROM generate_series(%s, %s) g", (n + 1, n + n // 4))
+    assert q(db, "SELECT batchkit.queue_depth('race')")[0][0] == n + n // 4
+    assert len(drain(db, "race", max_rows=n)) == n + n // 4
+    assert q(db, "SELECT batchkit.queue_depth('race')")[0][0] == 0
+
+
+def wait_file(path, proc, timeout=60):
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError("gdb ended early: " + proc.stdout.read())
+        assert time.time() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.05)
 
 
 def test_bad_arguments_give_clear_errors_and_change_nothing(db):
