@@ -550,6 +550,7 @@ open_segment(int seg)
 {
 	char		name[NAMEDATALEN];
 	Relation	rel;
+	Oid			relid;
 
 	snprintf(name, sizeof(name), "queue_%d", seg);
 	if (OidIsValid(segment_relid[seg]))
@@ -561,16 +562,22 @@ open_segment(int seg)
 		if (rel != NULL)
 			table_close(rel, RowExclusiveLock);
 	}
-	segment_relid[seg] = batchkit_relid(name);
-	rel = table_open(segment_relid[seg], RowExclusiveLock);
+	/*
+	 * A local copy: the lookups below may accept invalidation messages, and a
+	 * catalog change (a sink created, a segment rotated) resets segment_relid[]
+	 * from catalog_relcache_callback in the middle of the loop.
+	 */
+	relid = batchkit_relid(name);
+	rel = table_open(relid, RowExclusiveLock);
 	for (int i = 0; i < BK_QUEUE_NATTS; i++)
 	{
-		AttrNumber	a = get_attnum(segment_relid[seg], queue_columns[i]);
+		AttrNumber	a = get_attnum(relid, queue_columns[i]);
 
 		if (a == InvalidAttrNumber)
 			elog(ERROR, "batchkit.%s has no column \"%s\"", name, queue_columns[i]);
 		queue_attnum[i] = a;
 	}
+	segment_relid[seg] = relid;
 	return rel;
 }
 
@@ -588,9 +595,11 @@ bk_queue_insert_chunk(int32 sink_id, Oid source, const char *data, int len, uint
 	ResultRelInfo *rri;
 	TupleTableSlot *slot;
 	List	   *recheck;
+	Oid			seq_relid;
 
 	if (!OidIsValid(chunk_seq_relid))
 		chunk_seq_relid = batchkit_relid("chunk_id_seq");
+	seq_relid = chunk_seq_relid;	/* the callback may reset the static one */
 	payload = (bytea *) palloc(VARHDRSZ + len);
 	SET_VARSIZE(payload, VARHDRSZ + len);
 	memcpy(VARDATA(payload), data, len);
@@ -599,7 +608,7 @@ bk_queue_insert_chunk(int32 sink_id, Oid source, const char *data, int len, uint
 		nulls[i] = true;
 #define SETCOL(i, v) (values[queue_attnum[i] - 1] = (v), nulls[queue_attnum[i] - 1] = false)
 	SETCOL(0, Int16GetDatum((int16) seg));
-	SETCOL(1, Int64GetDatum(nextval_internal(chunk_seq_relid, false)));
+	SETCOL(1, Int64GetDatum(nextval_internal(seq_relid, false)));
 	SETCOL(2, Int32GetDatum(sink_id));
 	if (OidIsValid(source))
 		SETCOL(3, ObjectIdGetDatum(source));

@@ -231,3 +231,55 @@ class KafkaBroker:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# ------------------------------------------------------------------------ gdb
+
+class HeldBackend:
+    """Hold a PostgreSQL backend (or worker) at a breakpoint with gdb, to make a
+    race deterministic: `with HeldBackend(pid, "xact_callback if event == ...")
+    as h:` attaches and sets the breakpoint; h.wait_hit() returns once the
+    process stopped there; h.release() (also on leaving the block) removes the
+    breakpoint, detaches and lets it go on. The process is never left with a
+    breakpoint in it: gdb deletes it before detaching."""
+
+    def __init__(self, pid, breakpoint, timeout=60):
+        self.pid, self.breakpoint, self.timeout = pid, breakpoint, timeout
+        self.dir = tempfile.mkdtemp(prefix="bk-gdb-")
+        self.ready, self.hit, self.go = (os.path.join(self.dir, n) for n in ("ready", "hit", "go"))
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            ["gdb", "-q", "-batch", "-nx", "-p", str(self.pid),
+             "-ex", "set pagination off",
+             "-ex", f"break {self.breakpoint}",
+             "-ex", f"shell touch {self.ready}",
+             "-ex", "continue",
+             "-ex", f"shell touch {self.hit}; while [ ! -e {self.go} ]; do sleep 0.05; done",
+             "-ex", "delete", "-ex", "detach"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._wait(self.ready)
+        return self
+
+    def _wait(self, path):
+        deadline = time.time() + self.timeout
+        while not os.path.exists(path):
+            if self.proc.poll() is not None:
+                raise AssertionError("gdb ended early: " + self.proc.stdout.read())
+            assert time.time() < deadline, f"gdb: timed out waiting for {path}"
+            time.sleep(0.05)
+
+    def wait_hit(self):
+        self._wait(self.hit)
+
+    def release(self):
+        """Let the process go on; returns gdb's output."""
+        open(self.go, "w").close()
+        out, _ = self.proc.communicate(timeout=self.timeout)
+        return out
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.release()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 
@@ -16,7 +15,7 @@ import psycopg2
 import pytest
 
 from conftest import connect, drain, make_sink, pg_script, set_sink_options, wait_for_server
-from helpers import flush_worker_pid, q
+from helpers import HeldBackend, flush_worker_pid, q
 
 
 def new_table(db, name, extra=""):
@@ -285,7 +284,7 @@ def test_committed_rows_survive_immediate_shutdown(db, services):
         conn.close()
 
 
-def test_depth_rebuilt_while_a_writer_commits_counts_its_rows_once(db, services, tmp_path):
+def test_depth_rebuilt_while_a_writer_commits_counts_its_rows_once(db, services):
     """A sink's depth counter is rebuilt from the queue the first time it is needed
     (after a restart, or for a new sink). A writer adds its rows to the counter in
     its commit callback, which runs after its rows became visible: a rebuild in
@@ -296,7 +295,6 @@ def test_depth_rebuilt_while_a_writer_commits_counts_its_rows_once(db, services,
     assert worker, "the database has a flush worker"
     # the worker would rebuild the new sink's counter at once, before the race
     os.kill(worker, signal.SIGSTOP)
-    gdb = None
     try:
         make_sink(db, "race", paused=True)
         new_table(db, "t_race")
@@ -306,36 +304,20 @@ def test_depth_rebuilt_while_a_writer_commits_counts_its_rows_once(db, services,
             cur.execute("INSERT INTO t_race (id) SELECT g FROM generate_series(1, %s) g", (n,))
             cur.execute("SELECT pg_backend_pid()")
             pid = cur.fetchone()[0]
-        ready, hit, release = (tmp_path / "ready", tmp_path / "hit", tmp_path / "release")
-        gdb = subprocess.Popen(
-            ["gdb", "-q", "-batch", "-nx", "-p", str(pid),
-             "-ex", "set pagination off",
-             "-ex", "break xact_callback if event == XACT_EVENT_COMMIT",
-             "-ex", f"shell touch {ready}",
-             "-ex", "continue",
-             "-ex", f"shell touch {hit}; while [ ! -e {release} ]; do sleep 0.05; done",
-             "-ex", "delete", "-ex", "detach"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_file(ready, gdb)
-        committed = threading.Thread(target=writer.commit)
-        committed.start()
-        wait_file(hit, gdb)   # the writer's rows are visible, its callback has not run
-
-        table_sum = "SELECT sum(nrecords - done_records) FROM batchkit.queue q " \
-                    "JOIN batchkit.sink s USING (sink_id) WHERE s.name = 'race'"
-        assert q(db, table_sum)[0][0] == n
-        assert q(db, "SELECT batchkit.queue_depth('race')")[0][0] == n
-
-        release.touch()
+        with HeldBackend(pid, "xact_callback if event == XACT_EVENT_COMMIT") as held:
+            committed = threading.Thread(target=writer.commit)
+            committed.start()
+            held.wait_hit()   # the writer's rows are visible, its callback has not run
+            table_sum = ("SELECT sum(nrecords - done_records) FROM batchkit.queue q "
+                         "JOIN batchkit.sink s USING (sink_id) WHERE s.name = 'race'")
+            assert q(db, table_sum)[0][0] == n
+            assert q(db, "SELECT batchkit.queue_depth('race')")[0][0] == n
+            out = held.release()
+            assert "Breakpoint 1, xact_callback" in out, out
         committed.join(30)
-        out, _ = gdb.communicate(timeout=30)
         assert not committed.is_alive()
-        assert "Breakpoint 1, xact_callback" in out, out
         writer.close()
     finally:
-        if gdb is not None and gdb.poll() is None:
-            release.touch()
-            gdb.wait(30)
         os.kill(worker, signal.SIGCONT)
 
     # counted once: before the fix the counter said 2n here
@@ -349,13 +331,37 @@ def test_depth_rebuilt_while_a_writer_commits_counts_its_rows_once(db, services,
     assert q(db, "SELECT batchkit.queue_depth('race')")[0][0] == 0
 
 
-def wait_file(path, proc, timeout=60):
-    deadline = time.time() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError("gdb ended early: " + proc.stdout.read())
-        assert time.time() < deadline, f"timed out waiting for {path}"
-        time.sleep(0.05)
+def test_a_catalog_change_during_a_writers_first_chunk_does_not_fail_it(db):
+    """A backend's first chunk looks up the queue segment's columns; a catalog change
+    (a sink created or altered, a segment rotated) that arrives during those lookups
+    resets the backend's cached queue relations. gdb holds the writer at its second
+    column lookup while another session changes the catalog; the writer's INSERT
+    used to fail with 'batchkit.queue_N has no column ...'."""
+    make_sink(db, "inval", paused=True)
+    new_table(db, "t_inval")
+    q(db, "SELECT batchkit.capture('t_inval', 'inval')")
+    writer = connect_tx(db)
+    writer.autocommit = True
+    pid = q(writer, "SELECT pg_backend_pid()")[0][0]
+    result = {}
+
+    def insert():
+        try:
+            q(writer, "INSERT INTO t_inval (id) VALUES (1), (2)")
+            result["ok"] = True
+        except psycopg2.Error as e:
+            result["err"] = e
+
+    with HeldBackend(pid, 'get_attnum if $_streq((char *) $rsi, "chunk_id")') as held:
+        th = threading.Thread(target=insert)
+        th.start()
+        held.wait_hit()
+        q(db, "SELECT batchkit._catalog_changed()")   # what create/alter/rotate send
+        held.release()
+    th.join(30)
+    writer.close()
+    assert result.get("ok"), result.get("err")
+    assert [json.loads(r[5])["key"]["id"] for r in drain(db, "inval")] == [1, 2]
 
 
 def test_bad_arguments_give_clear_errors_and_change_nothing(db):
