@@ -387,6 +387,10 @@ class Report:
         self.w(f"## {title}", "",
                f"batchkit's flush worker against one Python relay per peer, into redis-server "
                f"(XADD) and the Kafka dev broker; every run is read back and verified. "
+               f"The relays' clients: Redis {p.get('redis_client', 'redis-py')} "
+               f"(resp = RESP written by hand, replies parsed by hiredis), Kafka "
+               f"{p.get('kafka_client', 'kafka-python')} (confluent = confluent-kafka, "
+               f"librdkafka). "
                f"Command: `{self.cmd('flush')}`", "")
         sinks = p["sinks"].split(",")
         n = p["rows"]

@@ -15,9 +15,10 @@ PACKAGES=(
     redis-server redis-tools kcat
     python3 python3-pytest python3-psycopg2 python3-redis python3-kafka
     python3-prometheus-client
-    # peers measured by the benchmarks (pgq); C speed-ups the peers' Python relays
-    # would use in production (kafka-python's CRC-32C, redis-py's reply parser)
-    postgresql-15-pgq3 python3-crc32c python3-hiredis
+    # peers measured by the benchmarks (pgq); the C clients the peers' Python relays
+    # use (hiredis's reply parser, confluent-kafka = librdkafka; kafka-python's
+    # CRC-32C for the relays' --kafka-client kafka-python)
+    postgresql-15-pgq3 python3-crc32c python3-hiredis python3-confluent-kafka
     # make bench: the report's plots
     python3-matplotlib
     # misc tools the scripts use; gdb holds a backend inside its commit for a

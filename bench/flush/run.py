@@ -307,9 +307,11 @@ class FlushBench:
         cmd = [sys.executable, RELAY, "--source", source, "--sink", sink, "--dsn", self.dsn,
                "--rows", str(n), "--timeout", "900"]
         if sink == "redis":
-            cmd += ["--redis-port", str(self.svc.redis_port), "--redis-key", key]
+            cmd += ["--redis-port", str(self.svc.redis_port), "--redis-key", key,
+                    "--redis-client", self.args.redis_client]
         else:
-            cmd += ["--bootstrap", broker.bootstrap, "--topic", topic]
+            cmd += ["--bootstrap", broker.bootstrap, "--topic", topic,
+                    "--kafka-client", self.args.kafka_client]
         if consumer:
             cmd += ["--consumer", consumer]
         p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -360,7 +362,8 @@ class FlushBench:
         self.q("SELECT pgq.ticker()")
 
     def kafka(self, topic, peer=False, parts=None):
-        parts = parts or (self.args.peer_partitions if peer else self.args.partitions)
+        parts = parts or ((self.args.peer_partitions or self.args.partitions) if peer
+                          else self.args.partitions)
         self.broker = self.svc.kafka_broker([(topic, parts)])
         return self.broker
 
@@ -840,9 +843,15 @@ def main():
     ap.add_argument("--steady-partitions", type=int, default=16,
                     help="partitions of the steady-state topic (its reader keeps up, so the "
                          "broker's 5 MiB cap per partition is never reached)")
-    ap.add_argument("--peer-partitions", type=int, default=64,
-                    help="partitions of the peers' topics (smaller payloads; kafka-python "
-                         "slows down with the number of partitions)")
+    ap.add_argument("--peer-partitions", type=int, default=None,
+                    help="partitions of the peers' topics (default: --partitions, the same "
+                         "shape as batchkit's)")
+    ap.add_argument("--redis-client", choices=["resp", "redis-py"], default="resp",
+                    help="the peers' Redis client (relay.py): hand-written RESP + hiredis "
+                         "replies (default, the fastest Python here) or a redis-py pipeline")
+    ap.add_argument("--kafka-client", choices=["confluent", "kafka-python"], default="confluent",
+                    help="the peers' Kafka client (relay.py): confluent-kafka (librdkafka; "
+                         "default) or kafka-python (pure Python, ~10x slower)")
     ap.add_argument("--sweep-sizes", default="100,500,1000,2000,5000,10000,20000",
                     help="batch_size values of the sweep phase")
     ap.add_argument("--sweep-rows", type=int, default=None,
