@@ -16,7 +16,8 @@ import pytest
 import redis as redis_lib
 
 from conftest import ROOT, connect, free_port, make_sink, pg_script, set_sink_options, wait_for_server
-from helpers import kafka_read_all, q, stream_entries, uid, wait_redis as _wait_redis
+from helpers import (flush_worker_pid, kafka_read_all, q, stream_entries, uid,
+                     wait_flush_worker, wait_redis as _wait_redis)
 
 
 def flush(conn, sink, timeout="60s"):
@@ -296,28 +297,6 @@ def test_oversized_kafka_message_is_dead_lettered_after_max_attempts(db, service
     assert q(db, "SELECT batchkit.purge_dead_letters(%s)", (sink,))[0][0] == 1
 
 
-def _flush_worker_pid(services, dbname):
-    c = connect(services, dbname)
-    try:
-        rows = q(c, "SELECT pid FROM batchkit.workers WHERE kind = 'flush' AND database = current_database()")
-        return rows[0][0] if rows else None
-    finally:
-        c.close()
-
-
-def _wait_worker(services, dbname, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            pid = _flush_worker_pid(services, dbname)
-            if pid:
-                return pid
-        except psycopg2.OperationalError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("no flush worker came back")
-
-
 def _check_all_delivered(conn, services, redis_client, t, rsink, ksink, topic, n):
     flush(conn, rsink, "120s")
     flush(conn, ksink, "120s")
@@ -352,14 +331,14 @@ def test_faults_mid_flush_lose_nothing(db, services, redis_client, fault):
     assert redis_client.xlen(f"stream:{t}") < n, "the fault came too late to be mid-flush"
     db.close()
     if fault == "kill_worker":
-        os.kill(_flush_worker_pid(services, dbname), signal.SIGKILL)
+        os.kill(flush_worker_pid(services, dbname), signal.SIGKILL)
         time.sleep(1)
     else:
         run = os.path.join(services["BATCHKIT_RUN_DIR"], "pg")
         pg_script("stop", run, "immediate")
         pg_script("start", run)
     wait_for_server(services)
-    _wait_worker(services, dbname)
+    wait_flush_worker(services, dbname)
     conn = connect(services, dbname)
     try:
         _check_all_delivered(conn, services, redis_client, t, rs, ks, topic, n)
@@ -398,14 +377,14 @@ def test_a_rejection_lost_to_a_crash_is_dead_lettered_on_replay(db, services, re
     time.sleep(0.5)                                  # the worker waits for our lock now
     assert q(db, "SELECT count(*) FROM batchkit.dead_letters WHERE sink = %s", (sink,))[0][0] == 0
     db.close()
-    os.kill(_flush_worker_pid(services, dbname), signal.SIGKILL)
+    os.kill(flush_worker_pid(services, dbname), signal.SIGKILL)
     try:
         lock.close()
     except psycopg2.Error:
         pass
     time.sleep(1)
     wait_for_server(services)
-    _wait_worker(services, dbname)
+    wait_flush_worker(services, dbname)
     conn = connect(services, dbname)
     try:
         flush(conn, sink, "60s")
