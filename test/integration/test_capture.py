@@ -334,7 +334,7 @@ def test_depth_rebuilt_while_a_writer_commits_counts_its_rows_once(db, services)
 def test_a_catalog_change_during_a_writers_first_chunk_does_not_fail_it(db):
     """A backend's first chunk looks up the queue segment's columns; a catalog change
     (a sink created or altered, a segment rotated) that arrives during those lookups
-    resets the backend's cached queue relations. gdb holds the writer at its second
+    resets the backend's cached queue relations. gdb holds the writer at its first
     column lookup while another session changes the catalog; the writer's INSERT
     used to fail with 'batchkit.queue_N has no column ...'."""
     make_sink(db, "inval", paused=True)
@@ -352,7 +352,7 @@ def test_a_catalog_change_during_a_writers_first_chunk_does_not_fail_it(db):
         except psycopg2.Error as e:
             result["err"] = e
 
-    with HeldBackend(pid, 'get_attnum if $_streq((char *) $rsi, "chunk_id")') as held:
+    with HeldBackend(pid, 'get_attnum if $_caller_is("open_segment")') as held:
         th = threading.Thread(target=insert)
         th.start()
         held.wait_hit()
