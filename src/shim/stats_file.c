@@ -130,6 +130,7 @@ slot_from_record(BkSinkSlot *s, const BkStatsRecord *r)
 	s->dboid = r->dboid;
 	s->sink_id = r->sink_id;
 	pg_atomic_init_u64(&s->queued, 0);
+	pg_atomic_init_u32(&s->committing, 0);
 	pg_atomic_init_u32(&s->flush_requested, 0);
 	SpinLockInit(&s->mutex);
 	strlcpy(s->name, r->name, sizeof(s->name));

@@ -379,6 +379,10 @@ def test_sustained_writes_survive_random_faults(services, dbname, fault_redis, f
                         f"round {i} ({fault}): sink {s} did not drain within 120 s"
                 dead = q(conn, "SELECT sink, count(*) FROM batchkit.dead_letters "
                                "WHERE sink IN (%s, %s) GROUP BY 1", (rs, ks))
+                # the writer is idle and both queues drained: the depth counters, rebuilt
+                # after every restart while the writer committed, must say 0 exactly
+                depth = {s: q(conn, "SELECT batchkit.queue_depth(%s)", (s,))[0][0]
+                         for s in (rs, ks)}
             finally:
                 conn.close()
             r = fault_redis.client()
@@ -395,6 +399,10 @@ def test_sustained_writes_survive_random_faults(services, dbname, fault_redis, f
                 rproblems.append(f"{summary['redis']['duplicated']} duplicates in Redis")
             if dead:
                 rproblems.append(f"dead letters after an outage: {dead}")
+            if depth[rs] != 0:
+                rproblems.append(f"queue_depth {depth[rs]} after the drain, expected 0")
+            if depth[ks] != 0:
+                kproblems.append(f"queue_depth {depth[ks]} after the drain, expected 0")
             rounds_done = i
             with capsys.disabled():
                 print(f"[fault-injection] round {i}/{len(plan)} {fault:13s} "
