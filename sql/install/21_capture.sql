@@ -291,6 +291,12 @@ BEGIN
         CONTINUE WHEN seg = v_cur OR batchkit._segment_heap_bytes(seg) = 0;
         BEGIN
             EXECUTE format('LOCK TABLE batchkit.queue_%s IN ACCESS EXCLUSIVE MODE NOWAIT', seg);
+            -- chunks of a dropped sink: enqueue() takes no lock drop_sink() waits for, so
+            -- a transaction that enqueued before the drop committed may commit after it;
+            -- nobody would ever acknowledge its chunks (sink ids are never reused, and a
+            -- drop that is not committed yet still shows its sink)
+            EXECUTE format('DELETE FROM batchkit.queue_%s q WHERE NOT EXISTS '
+                           '(SELECT 1 FROM batchkit.sink s WHERE s.sink_id = q.sink_id)', seg);
             EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM batchkit.queue_%s)', seg) INTO v_empty;
             IF v_empty THEN
                 EXECUTE format('TRUNCATE batchkit.queue_%s', seg);

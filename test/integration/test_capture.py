@@ -501,6 +501,41 @@ def test_storage_returns_to_empty_after_drain(db):
     assert after <= 2 * empty, (empty, after)
 
 
+def test_a_sink_dropped_while_a_transaction_enqueues_leaves_no_chunk_behind(services):
+    """enqueue() takes no lock that drop_sink() waits for: a transaction that enqueued
+    before the drop may commit after it, leaving a chunk no worker will ever
+    acknowledge. Such a chunk used to keep its queue segment from being truncated
+    forever (and so the writers from rotating back to it)."""
+    admin = connect(services)
+    db_name = "bk_orphan_" + os.urandom(4).hex()
+    q(admin, f"CREATE DATABASE {db_name}")
+    try:
+        d = connect(services, db_name)
+        q(d, "CREATE EXTENSION batchkit")
+        make_sink(d, "gone", paused=True)
+        writer = connect(services, db_name, autocommit=False)
+        q(writer, "SELECT batchkit.enqueue('gone', '{\"n\": 1}')")
+        q(d, "SELECT batchkit.drop_sink('gone', true)")   # does not wait for the writer
+        writer.commit()
+        writer.close()
+        orphans = ("SELECT count(*) FROM batchkit.queue q WHERE NOT EXISTS "
+                   "(SELECT 1 FROM batchkit.sink s WHERE s.sink_id = q.sink_id)")
+        assert q(d, orphans)[0][0] == 1
+        seg = q(d, "SELECT segment FROM batchkit.queue")[0][0]
+        deadline = time.time() + 30
+        while q(d, "SELECT count(*) FROM batchkit.queue")[0][0] and time.time() < deadline:
+            # rotate away from the chunk's segment, then truncate it (the database's
+            # flush worker calls the same function; NOWAIT makes the two take turns)
+            q(d, "SELECT * FROM batchkit.maintain_queue('0 s', 0)")
+            time.sleep(0.05)
+        assert q(d, "SELECT count(*) FROM batchkit.queue")[0][0] == 0
+        assert q(d, f"SELECT batchkit._segment_heap_bytes({seg})")[0][0] == 0
+        d.close()
+    finally:
+        q(admin, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+        admin.close()
+
+
 def test_writers_follow_segment_rotation(db, services):
     """A writer caches the current segment; a rotation must move its next chunk."""
     make_sink(db, "rot", paused=True)
