@@ -126,6 +126,7 @@ extern BkWorkerSlot *bk_slot_claim(char kind, Oid dboid);
 extern void bk_slot_set_state(BkWorkerSlot *slot, const char *state, const char *sink);
 extern BkSinkSlot *bk_sink_slot(Oid dboid, int32 sink_id, bool create);
 extern void bk_sink_slot_forget(Oid dboid, int32 sink_id);
+extern int bk_sink_slot_ids(Oid dboid, int32 *ids, int max);
 extern void bk_wake_database(Oid dboid);
 extern void bk_request_reload(Oid dboid);
 extern void bk_wake_worker_at_commit(void);

@@ -346,7 +346,19 @@ static void
 reload_sinks(void)
 {
 	int			rc;
+	int32	   *slot_ids = palloc(sizeof(int32) * bk_max_sinks);
+	int			nslot_ids;
 
+	/*
+	 * The slots of this database, listed BEFORE the catalog is read: a slot
+	 * whose sink the catalog then lacks belongs to a dropped sink (a slot is
+	 * only ever taken for a sink its taker saw, and ids are never reused). Such
+	 * a slot can outlive the forgetting below: a transaction that enqueue()d
+	 * before the drop takes it again at its commit. Forgetting a slot is always
+	 * safe: a live sink's depth is rebuilt from the queue.
+	 */
+	nslot_ids = bk_sink_slot_ids(MyDatabaseId, slot_ids, bk_max_sinks);
+	PushActiveSnapshot(GetLatestSnapshot());	/* taken after the listing */
 	rc = SPI_execute("SELECT s.sink_id, s.name, s.kind, s.paused, c.keys, c.vals, "
 					 "  (s.options || COALESCE(x.options, '{}'))::text "
 					 "FROM batchkit.sink s LEFT JOIN batchkit.sink_secret x USING (sink_id) "
@@ -354,8 +366,24 @@ reload_sinks(void)
 					 "  array_agg(value ORDER BY key) AS vals "
 					 "  FROM batchkit._sink_config(s.sink_id)) c ORDER BY s.sink_id",
 					 true, 0);
+	PopActiveSnapshot();
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "batchkit: reading sinks failed");
+	for (int k = 0; k < nslot_ids; k++)
+	{
+		bool		exists = false;
+
+		for (uint64 r = 0; r < SPI_processed && !exists; r++)
+		{
+			bool		isnull;
+
+			exists = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+												 1, &isnull)) == slot_ids[k];
+		}
+		if (!exists && find_sink(slot_ids[k]) == NULL)
+			bk_sink_slot_forget(MyDatabaseId, slot_ids[k]);
+	}
+	pfree(slot_ids);
 	for (int i = 0; i < nsinks; i++)
 		sinks[i].seen = false;
 	for (uint64 r = 0; r < SPI_processed && r < BK_MAX_SINKS_PER_DB; r++)

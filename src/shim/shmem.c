@@ -258,6 +258,26 @@ bk_sink_slot_forget(Oid dboid, int32 sink_id)
     LWLockRelease(bk_shared->lock);
 }
 
+/* The sink ids of a database's slots, at most `max` of them; returns how many. */
+int
+bk_sink_slot_ids(Oid dboid, int32 *ids, int max)
+{
+    int n = 0;
+
+    if (bk_shared == NULL)
+        return 0;
+    LWLockAcquire(bk_shared->lock, LW_SHARED);
+    for (int i = 0; i < bk_shared->max_sinks && n < max; i++)
+    {
+        BkSinkSlot *s = &bk_shared->sinks[i];
+
+        if (s->in_use && s->dboid == dboid)
+            ids[n++] = s->sink_id;
+    }
+    LWLockRelease(bk_shared->lock);
+    return n;
+}
+
 static void wake_flush_worker(Oid dboid, bool reload);
 
 /* Set the latch of the flush worker serving a database (no-op when there is none). */

@@ -7,14 +7,17 @@ leaves their queues to the test.
 import json
 import os
 import random
+import shutil
 import signal
+import tempfile
 import threading
 import time
 
 import psycopg2
 import pytest
 
-from conftest import connect, drain, make_sink, pg_script, set_sink_options, wait_for_server
+from conftest import (connect, drain, free_port, make_sink, pg_script, set_sink_options,
+                      wait_for_server)
 from helpers import HeldBackend, flush_worker_pid, q
 
 
@@ -534,6 +537,51 @@ def test_a_sink_dropped_while_a_transaction_enqueues_leaves_no_chunk_behind(serv
     finally:
         q(admin, f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
         admin.close()
+
+
+def test_a_dropped_sinks_shared_slot_is_freed_even_if_a_late_commit_takes_it_again(services):
+    """The same race as above, seen from shared memory: the committing transaction
+    takes the dropped sink's shared slot again (its commit counts itself in the slot,
+    see queue.c "depth") after the flush worker freed it. The worker frees it again
+    at its next catalog read. On a server with batchkit.max_sinks = 2, a leaked slot
+    would leave one of two new sinks without one (no depth, no statistics)."""
+    d = tempfile.mkdtemp(prefix="bk-slots-")
+    os.chmod(d, 0o755)
+    port = free_port()
+    pg_script("init", d, port)
+    with open(os.path.join(d, "data", "postgresql.conf"), "a") as f:
+        f.write("batchkit.max_sinks = 2\n")
+    pg_script("start", d)
+    try:
+        def conn(autocommit=True):
+            c = psycopg2.connect(host=os.path.join(d, "sock"), port=port, user="postgres",
+                                 dbname="postgres")
+            c.autocommit = autocommit
+            return c
+
+        a = conn()
+        q(a, "CREATE EXTENSION batchkit")
+        make_sink(a, "gone", paused=True)
+        writer = conn(autocommit=False)
+        q(writer, "SELECT batchkit.enqueue('gone', '{\"n\": 1}')")
+        q(a, "SELECT batchkit.drop_sink('gone', true)")
+        time.sleep(1.0)            # the worker re-reads the catalog and frees the slot
+        writer.commit()            # ... which this commit takes again
+        writer.close()
+        make_sink(a, "b", paused=True)
+        make_sink(a, "c", paused=True)
+        deadline = time.time() + 30
+        depths = None
+        while time.time() < deadline:
+            depths = [q(a, "SELECT batchkit.queue_depth(%s)", (s,))[0][0] for s in ("b", "c")]
+            if None not in depths:
+                break
+            time.sleep(0.2)
+        assert depths == [0, 0], "a sink without a shared slot: " + str(depths)
+        a.close()
+    finally:
+        pg_script("stop", d, "immediate", check=False)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_writers_follow_segment_rotation(db, services):
