@@ -11,12 +11,19 @@
 # linked into batchkit.so; only src/shim/*.c sees postgres.h.
 
 EXTENSION    = batchkit
-EXTVERSION   = 0.1.0
+EXTVERSION   = 0.2.0
 MODULE_big   = batchkit
 SHIM_SRCS    = $(sort $(wildcard src/shim/*.c))
 OBJS         = $(SHIM_SRCS:.c=.o)
+# Releases (see "Upgrading" in the README and CHANGELOG.md):
+#   sql/install/*.sql             the current version's objects; assembled into the
+#                                 install script sql/batchkit--$(EXTVERSION).sql
+#   sql/batchkit--0.1.0.sql       a released version's install script, frozen as shipped
+#                                 (test_upgrade.py checks its checksum: never edit it)
+#   sql/batchkit--A--B.sql        the upgrade scripts; every change of SQL objects since
+#                                 the last release goes into the newest one
 DATA_built   = sql/batchkit--$(EXTVERSION).sql
-DATA         = $(filter-out $(DATA_built),$(wildcard sql/batchkit--*--*.sql))
+DATA         = $(filter-out $(DATA_built),$(wildcard sql/batchkit--*.sql))
 
 # pg_regress: every sql/<test>.sql except the install scripts
 REGRESS      = $(sort $(basename $(notdir $(filter-out sql/batchkit--%,$(wildcard sql/*.sql)))))

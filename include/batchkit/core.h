@@ -16,7 +16,7 @@
 extern "C" {
 #endif
 
-/* Version of the core library, e.g. "0.1.0". Static storage. */
+/* Version of the core library, e.g. "0.2.0". Static storage. */
 const char *bk_core_version(void);
 
 /* Versions of the client libraries the core was linked with (static storage). */

@@ -1,5 +1,6 @@
 -- batchkit install script, part 00: schema basics, role, version and workers.
--- (sql/batchkit--0.1.0.sql is assembled from sql/install/*.sql by the Makefile.)
+-- (the current version's install script, sql/batchkit--<version>.sql, is assembled
+-- from sql/install/*.sql by the Makefile; released versions' scripts are frozen.)
 \echo Use "CREATE EXTENSION batchkit" to load this file. \quit
 
 -- Members of batchkit_admin manage sinks, capture and dead letters. Roles are

@@ -103,7 +103,7 @@ def test_create_extension_without_preload(unpreloaded_server):
         cur.execute("CREATE EXTENSION batchkit")
         cur.execute("SELECT batchkit.version(), batchkit.preloaded()")
         version, preloaded = cur.fetchone()
-        assert version == "0.1.0"
+        assert version == "0.2.0"
         assert preloaded is False
         with pytest.raises(psycopg2.Error) as err:
             cur.execute("SELECT * FROM batchkit.workers")

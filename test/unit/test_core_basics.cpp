@@ -9,7 +9,7 @@
 #include "util/abi_guard.hpp"
 
 TEST(CoreVersion, ReportsVersionsOfCoreAndClients) {
-    EXPECT_STREQ(bk_core_version(), "0.1.0");
+    EXPECT_STREQ(bk_core_version(), "0.2.0");
     EXPECT_FALSE(std::string(bk_core_librdkafka_version()).empty());
     EXPECT_NE(std::string(bk_core_hiredis_version()).find('.'), std::string::npos);
 }

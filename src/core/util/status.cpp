@@ -17,7 +17,7 @@ void bk_status_clear(bk_status *st) {
     }
 }
 
-const char *bk_core_version(void) { return "0.1.0"; }
+const char *bk_core_version(void) { return "0.2.0"; }
 
 const char *bk_core_librdkafka_version(void) { return rd_kafka_version_str(); }
 
