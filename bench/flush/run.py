@@ -479,7 +479,9 @@ class FlushBench:
         if not row:
             return None
         b, sent, avg, last = row[0]
-        return {"batches": b, "rows_sent": sent, "avg_batch_size": avg, "last_batch_size": last}
+        return {"batches": b, "rows_sent": sent,
+                "avg_batch_size": None if avg is None else float(avg),  # numeric in the view
+                "last_batch_size": last}
 
     def effective_defaults(self, keys=("batch_size", "max_batch_bytes", "max_wait_ms")):
         """The defaults of a sink created without these options, as the worker reads them

@@ -218,6 +218,62 @@ $fn$;
 REVOKE ALL ON FUNCTION batchkit._drop_capture(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION batchkit._drop_capture(integer) TO batchkit_admin;
 
+-- DDL that would leave a capture broken. DROP TABLE of a captured table takes its triggers
+-- with it but left its capture row behind (its source then showed a bare OID); ALTER TABLE
+-- ... DROP COLUMN of a column a capture needs (a key column, or one named in `columns`)
+-- made every later write of the table fail in the capture trigger. This sql_drop event
+-- trigger forgets the captures of dropped tables (their queued rows are still delivered:
+-- a chunk carries its table's name and column layout) and refuses the DROP COLUMN itself,
+-- so application writes never start failing later. The columns a capture needs are read
+-- from its triggers' arguments (attribute numbers), which stay right across RENAME COLUMN.
+-- SECURITY DEFINER: it runs for every role's DROP, and it only ever deletes the captures of
+-- tables that pg_event_trigger_dropped_objects() reports dropped by this very command.
+CREATE FUNCTION batchkit._on_sql_drop() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    r record;
+    n integer;
+BEGIN
+    FOR r IN
+        SELECT d.objid::regclass AS source, d.address_names[3] AS col, s.name AS sink,
+               CASE WHEN d.objsubid::text = ANY (string_to_array(a.args[4], ','))
+                    THEN 'a key column of' ELSE 'one of the columns sent by' END AS what
+          FROM pg_event_trigger_dropped_objects() d
+          JOIN batchkit.capture c ON c.source::oid = d.objid
+          JOIN batchkit.sink s ON s.sink_id = c.sink_id
+          CROSS JOIN LATERAL (
+              SELECT string_to_array(encode(t.tgargs, 'escape'), '\000') AS args
+                FROM pg_trigger t
+               WHERE t.tgrelid = d.objid AND t.tgnargs = 5
+                 AND t.tgname LIKE format('batchkit\_capture\_%s\_%%', c.capture_id)
+               LIMIT 1) a
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid > 0
+           AND d.objsubid::text = ANY (string_to_array(a.args[4], ',')
+                                       || string_to_array(a.args[5], ','))
+    LOOP
+        RAISE EXCEPTION 'cannot drop column "%" of table %: it is % its capture into batchkit sink "%"',
+                r.col, r.source, r.what, r.sink
+            USING ERRCODE = '2BP01',
+                  HINT = format('Run batchkit.uncapture(%L, %L) first, and batchkit.capture() again after the change.',
+                                r.source::text, r.sink);
+    END LOOP;
+
+    DELETE FROM batchkit.capture c
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND c.source::oid = d.objid;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM batchkit._catalog_changed();
+    END IF;
+END
+$fn$;
+REVOKE ALL ON FUNCTION batchkit._on_sql_drop() FROM PUBLIC;
+
+CREATE EVENT TRIGGER batchkit_sql_drop ON sql_drop
+    EXECUTE FUNCTION batchkit._on_sql_drop();
+COMMENT ON EVENT TRIGGER batchkit_sql_drop IS
+    'Forgets the captures of dropped tables; refuses dropping a column a capture needs';
+
 CREATE FUNCTION batchkit.uncapture(source regclass, sink text) RETURNS void
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE

@@ -87,7 +87,8 @@ SELECT d.datname AS database,
        s.relid,
        CASE WHEN d.datname = current_database() THEN s.relid::regclass::text END AS target,
        s.calls, s.rows_in, s.inserted, s.updated, s.fallbacks,
-       s.total_time_ms, s.max_time_ms, s.last_call
+       round(s.total_time_ms::numeric, 3) AS total_time_ms, round(s.max_time_ms::numeric, 3) AS max_time_ms,
+       s.last_call
   FROM batchkit._upsert_stats() s
   LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid;
 COMMENT ON VIEW batchkit.upsert_stats IS

@@ -41,8 +41,16 @@ CREATE FUNCTION batchkit._batch_histograms(
     SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;
 
 -- Thin views over the functions, pg_stat_statements style: every sink of this
--- database, in name order, zero counters until it first flushes.
-CREATE VIEW batchkit.sink_stats AS SELECT * FROM batchkit._sink_stats();
+-- database, in name order, zero counters until it first flushes. Averages and lags
+-- are shown rounded, at a fixed scale (the function's doubles printed 75.00000000000001).
+CREATE VIEW batchkit.sink_stats AS
+SELECT sink, kind, state, rows_queued, oldest_queued_age, batches, rows_sent, rows_failed,
+       rows_dead_lettered, dead_letters, bytes_sent, retries, last_batch_size,
+       round(avg_batch_size::numeric, 1) AS avg_batch_size,
+       last_flush_at, last_flush_duration,
+       round(lag_p50_ms::numeric, 2) AS lag_p50_ms, round(lag_p99_ms::numeric, 2) AS lag_p99_ms,
+       last_error, last_error_at, stats_reset
+  FROM batchkit._sink_stats();
 COMMENT ON VIEW batchkit.sink_stats IS
     'Per-sink delivery statistics since the last reset: queue depth and age, batches, rows, bytes, retries, flush times, lag, last error';
 

@@ -47,10 +47,14 @@
 #include <malloc.h>
 #include <math.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type_d.h"
 #include "commands/dbcommands.h"
-#include "commands/extension.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -62,6 +66,8 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
 #include "utils/array.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -1487,13 +1493,46 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 
 /* ---- the worker --------------------------------------------------------------------- */
 
+/*
+ * Is the extension installed in this database? Also says, once per version seen,
+ * when the database's SQL objects are older than this library (after make install
+ * of a new batchkit.so and a restart, until ALTER EXTENSION batchkit UPDATE): the
+ * library serves older versions, so delivery goes on meanwhile.
+ */
 static bool
 extension_present(void)
 {
-	bool		present;
+	static char logged[NAMEDATALEN] = "";
+	bool		present = false;
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
 
 	StartTransactionCommand();
-	present = OidIsValid(get_extension_oid("batchkit", true));
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("batchkit"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion, RelationGetDescr(rel),
+									 &isnull);
+		char	   *version = isnull ? pstrdup("?") : TextDatumGetCString(d);
+
+		present = true;
+		if (strcmp(version, bk_core_version()) != 0 && strcmp(version, logged) != 0)
+			ereport(LOG,
+					(errmsg("batchkit: database \"%s\" has batchkit %s, the library is %s",
+							get_database_name(MyDatabaseId), version, bk_core_version()),
+					 errdetail("Capture and delivery go on meanwhile."),
+					 errhint("Run ALTER EXTENSION batchkit UPDATE in that database.")));
+		strlcpy(logged, version, sizeof(logged));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	return present;
 }
