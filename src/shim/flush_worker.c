@@ -113,6 +113,7 @@ typedef struct SinkRuntime
 	char	   *outbox_target;	/* where enqueue()d messages go */
 	bool		is_hset;
 	bool		is_redis;
+	bool		fence_unknown;	/* redis: fence not read since the sink was opened */
 	int			send_timeout_ms;
 	int64		max_message_bytes;
 	bool		failing;
@@ -256,6 +257,32 @@ drain_sink_logs(SinkRuntime *s)
 }
 
 /*
+ * Redis: new batches are numbered above the fence the sink's data carries
+ * (inside a transaction, SPI connected). Redis skips a batch at or below its
+ * fence as a replay, so a sequence that Redis has seen but this database has
+ * not used must never be given to new rows: after a failover to a standby that
+ * lagged behind the old primary (whose last claims and acknowledgements were
+ * lost with it), a database restored from a backup, a sink re-created under the
+ * same name. Until the fence has been read (Redis may be down when the sink is
+ * opened, e.g. at promotion), nothing is claimed for the sink (deliver_one).
+ */
+static void
+record_fence(SinkRuntime *s, int64 fence)
+{
+	Oid			types[2] = {INT4OID, INT8OID};
+	Datum		v[2];
+
+	if (fence <= 0)
+		return;
+	v[0] = Int32GetDatum(s->sink_id);
+	v[1] = Int64GetDatum(fence);
+	SPI_execute_with_args("INSERT INTO batchkit.sink_progress AS p (sink_id, last_batch_seq) "
+						  "VALUES ($1, $2) ON CONFLICT (sink_id) DO UPDATE SET "
+						  "last_batch_seq = greatest(p.last_batch_seq, $2)",
+						  2, types, v, NULL, false, 0);
+}
+
+/*
  * Open (or reopen after alter_sink) the client of a sink from its full
  * configuration (secrets included: the worker runs as the bootstrap superuser).
  */
@@ -320,17 +347,11 @@ configure_sink(SinkRuntime *s, Datum *keys, Datum *values, bool *nulls, int n, c
 	{
 		int64_t		fence = 0;
 
-		if (bk_sink_read_fence(s->sink, &fence, BK_PROBE_TIMEOUT_MS, &st) == BK_OK && fence > 0)
+		s->fence_unknown = true;
+		if (bk_sink_read_fence(s->sink, &fence, BK_PROBE_TIMEOUT_MS, &st) == BK_OK)
 		{
-			Oid			types[2] = {INT4OID, INT8OID};
-			Datum		v[2];
-
-			v[0] = Int32GetDatum(s->sink_id);
-			v[1] = Int64GetDatum(fence);
-			SPI_execute_with_args("INSERT INTO batchkit.sink_progress AS p (sink_id, last_batch_seq) "
-								  "VALUES ($1, $2) ON CONFLICT (sink_id) DO UPDATE SET "
-								  "last_batch_seq = greatest(p.last_batch_seq, $2)",
-								  2, types, v, NULL, false, 0);
+			record_fence(s, fence);
+			s->fence_unknown = false;
 		}
 		drain_sink_logs(s);
 	}
@@ -1274,6 +1295,8 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	int			saved_sync = synchronous_commit;
 	bool		interrupted = false;
 	bool		finish_first = false;
+	int64		fence_read = -1;
+	bool		fence_recorded = false;
 
 	*wait_ms = -1;
 	if (s->paused || s->sink == NULL)
@@ -1345,6 +1368,27 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 	}
 
 	/*
+	 * A Redis sink whose fence could not be read when it was opened: read it
+	 * now, before any batch is numbered (record_fence); recorded in the claim
+	 * transaction below. No batch is in flight (opening dropped the pipeline).
+	 */
+	if (can_claim && s->fence_unknown)
+	{
+		int64_t		fence = 0;
+
+		if (bk_sink_read_fence(s->sink, &fence, BK_PROBE_TIMEOUT_MS, &st) != BK_OK)
+		{
+			drain_sink_logs(s);
+			fail_sink(s, st.message, 0);
+			*wait_ms = 1;
+			can_claim = false;
+		}
+		else
+			fence_read = fence;
+		drain_sink_logs(s);
+	}
+
+	/*
 	 * Nothing new to claim but a batch in flight: collect its outcome now, so
 	 * that it is acknowledged in this round (pause, alter and flush() wait for it).
 	 */
@@ -1402,6 +1446,11 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		{
 			MemoryContext old;
 
+			if (fence_read >= 0)
+			{
+				record_fence(s, fence_read);
+				fence_recorded = true;
+			}
 			s->last_claim = GetCurrentTimestamp();
 			batch_cxt = cur->cxt;	/* collect_message allocates here */
 			old = MemoryContextSwitchTo(cur->cxt);
@@ -1422,6 +1471,8 @@ deliver_one(SinkRuntime *s, bool force, int64 *wait_ms)
 		synchronous_commit = SYNCHRONOUS_COMMIT_OFF;
 	CommitTransactionCommand();
 	synchronous_commit = saved_sync;
+	if (fence_recorded)
+		s->fence_unknown = false;	/* committed with the claim */
 	if (acked)
 	{
 		finish_delivered(s, prev, dead);

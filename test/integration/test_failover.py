@@ -14,6 +14,12 @@ What is checked:
   - after promotion, without a restart, the launcher starts the flush worker
     and it delivers every committed row (Redis equals the table) and no rolled
     back one;
+  - a standby that lagged behind the crashed primary (asynchronous
+    replication) finds Redis ahead of it: the old primary delivered batches
+    the standby never saw (their claims and acknowledgements were lost with
+    the primary). The new primary's batches must not be taken for replays of
+    those (Redis skips a batch at or below its fence), even when Redis is
+    unreachable at promotion;
   - neither server logs an ERROR/FATAL/PANIC except the standby's WAL receiver
     failing to reach the dead primary, and no process crashed.
 """
@@ -140,6 +146,14 @@ def wait_flush_worker(conn, timeout=30):
             return rows[0][0]
         assert time.time() < deadline, "no flush worker on the promoted server"
         time.sleep(0.1)
+
+
+def wait_log(cluster, offset, text, timeout=30):
+    """Wait until the server log, from offset on, contains text."""
+    deadline = time.time() + timeout
+    while text not in cluster.log_text()[offset:]:
+        assert time.time() < deadline, f"the server did not log {text!r}"
+        time.sleep(0.05)
 
 
 def promote(standby):
@@ -303,5 +317,76 @@ def test_queue_survives_failover_to_a_promoted_standby(clusters):
         assert bad_log_lines(primary.log_text()) == []
         assert bad_log_lines(standby.log_text()) == []
         assert "batchkit flush worker started" in standby.log_text()
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("redis_at_promotion", ["down", "up"])
+def test_a_lagging_standby_promoted_finds_redis_ahead_and_delivers_its_new_rows(
+        clusters, redis_at_promotion):
+    """Asynchronous replication: the standby stopped receiving WAL (it is stopped
+    here) while the primary went on delivering batches to Redis, whose fence then
+    stands above every batch sequence the standby knows. After the failover the
+    new primary's first batches get the sequences the old primary already used;
+    were they sent as they are, Redis would skip them as replays and their rows
+    would be lost. The worker must learn the fence before its first batch, also
+    when Redis is down at promotion and reachable only later ("down": the fence
+    cannot be read when the worker opens the sink)."""
+    redis = RedisServer(persistent=True)
+    clusters.append(redis)
+    redis.start()
+    primary, pc = setup_primary(clusters, redis)
+    r = redis.client()
+    try:
+        q(pc, "INSERT INTO t SELECT g, 'first-' || g, g FROM generate_series(1, 100) g")
+        assert q(pc, "SELECT batchkit.flush('cache', '30 s')")[0][0] is True
+        standby = make_standby(primary)
+        clusters.append(standby)
+        wait_replayed(primary, standby, "app")
+        standby.stop()                           # the standby falls behind
+
+        # the old primary delivers 10 batches the standby never hears of
+        for i in range(10):
+            q(pc, "INSERT INTO t VALUES (%s, 'lost-with-the-primary', 0)", (1000 + i,))
+            assert q(pc, "SELECT batchkit.flush('cache', '30 s')")[0][0] is True
+        fence = int(r.get("batchkit:fence:cache"))
+        pc.close()
+        primary.stop("immediate")
+
+        # failover (while Redis is unreachable)
+        if redis_at_promotion == "down":
+            redis.kill9()
+        standby.start()
+        sc = standby.connect("app")
+        seq_before = q(sc, "SELECT last_batch_seq FROM batchkit.sink_progress")[0][0]
+        assert seq_before < fence - 5, (seq_before, fence)
+        log_at = len(standby.log_text())
+        promote(standby)
+        wait_flush_worker(sc)
+        if redis_at_promotion == "down":
+            # the worker has opened the sink and failed to read its fence
+            wait_log(standby, log_at, 'batchkit sink "cache": redis: cannot connect')
+        # the new primary's writes, in several transactions (several batches)
+        for i in range(8):
+            q(sc, "INSERT INTO t SELECT g, 'new-primary', %s FROM generate_series(%s, %s) g",
+              (i, 2000 + 100 * i, 2099 + 100 * i))
+        q(sc, "UPDATE t SET v = 'updated-on-new-primary' WHERE id <= 50")
+        if redis_at_promotion == "down":
+            redis.start()
+        assert q(sc, "SELECT batchkit.flush('cache', '30 s')")[0][0] is True
+        got = redis_state(r)
+        expected = table_state(sc)
+        # Redis also holds the rows only the old primary had (async replication lost
+        # them from the database, not from the sink)
+        only_old = {1000 + i for i in range(10)}
+        assert set(got) - set(expected) == only_old
+        missing = sorted(set(expected) - set(got))
+        assert missing == [], f"{len(missing)} committed rows never reached Redis: {missing[:10]}"
+        assert {i: got[i] for i in expected} == expected
+        assert int(r.get("batchkit:fence:cache")) > fence
+        sc.close()
+        standby.stop()
+        assert bad_log_lines(primary.log_text()) == []
+        assert bad_log_lines(standby.log_text()) == []
     finally:
         r.close()
