@@ -70,3 +70,9 @@ test:
 BENCH_ARGS ?=
 bench: install
 	BK_PGBIN="$${BK_PGBIN:-$$($(PG_CONFIG) --bindir)}" /usr/bin/python3 bench/run_all.py $(BENCH_ARGS)
+
+# The Debian package (debian/, pg_buildext), built from a copy of the tree:
+# build/deb/postgresql-15-batchkit_<version>_<arch>.deb (scripts/build-deb.sh).
+.PHONY: deb
+deb:
+	bash scripts/build-deb.sh

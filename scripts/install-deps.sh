@@ -21,6 +21,9 @@ PACKAGES=(
     postgresql-15-pgq3 python3-crc32c python3-hiredis python3-confluent-kafka
     # make bench: the report's plots
     python3-matplotlib
+    # the Debian package (scripts/build-deb.sh, make deb): pg_buildext and its dh
+    # add-ons, dpkg-buildpackage, and build-essential, which it checks for
+    build-essential dpkg-dev debhelper postgresql-server-dev-all
     # misc tools the scripts use; gdb holds a backend inside its commit for a
     # race test (test_capture.py)
     procps util-linux gdb
