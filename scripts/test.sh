@@ -9,12 +9,16 @@
 #   5. the core's sink tests on the real Redis/Kafka (ctest -L services), pg_regress
 #      (make installcheck), then the integration suite (pytest)
 #   6. stop every service it started — also when a test fails
-#   7. run the README's first command (scripts/demo.sh, its own services) and
+#   7. the Debian package (test/package/test_deb.sh, its own cluster and Redis):
+#      build it, swap the make-installed files for it, use it, remove it, make
+#      install again; each of its checks counts as a test
+#   8. run the README's first command (scripts/demo.sh, its own services) and
 #      count it as one test: it checks what it reads back and fails otherwise;
 #      then print "N passed, N failed"
 #
 # Options (environment): BATCHKIT_TEST_FILTER=expr  passes -k expr to pytest;
-#                        BATCHKIT_SKIP_ASAN=1        skips the sanitizer build.
+#                        BATCHKIT_SKIP_ASAN=1        skips the sanitizer build;
+#                        BATCHKIT_SKIP_DEB=1         skips the Debian package test.
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$BK_ROOT"
@@ -123,7 +127,24 @@ fi
 cleanup
 trap - EXIT
 
-# --- 7. the README's first command, end to end on its own services --------------------------------
+# --- 7. the Debian package: built, installed, used, removed (test/package/test_deb.sh) ------------
+if [ -z "${BATCHKIT_SKIP_DEB:-}" ]; then
+    bk_log "the Debian package (test/package/test_deb.sh)"
+    bash test/package/test_deb.sh >"$OUT/deb.log" 2>&1
+    deb_rc=$?
+    grep -E '^  (ok|FAIL) ' "$OUT/deb.log"
+    deb_counts=$(sed -nE 's/^test_deb: ([0-9]+) passed, ([0-9]+) failed.*/\1 \2/p' "$OUT/deb.log")
+    if [ -n "$deb_counts" ]; then
+        # shellcheck disable=SC2086
+        add $deb_counts
+        [ "$deb_rc" -ne 0 ] && [ "${deb_counts#* }" -eq 0 ] && add 0 1
+    else
+        tail -n 30 "$OUT/deb.log"; add 0 1
+    fi
+    [ "$deb_rc" -eq 0 ] || echo "  (full log: $OUT/deb.log)"
+fi
+
+# --- 8. the README's first command, end to end on its own services --------------------------------
 bk_log "the README's first command (scripts/demo.sh)"
 if bash scripts/demo.sh >"$OUT/demo.log" 2>&1 && grep -q "demo done" "$OUT/demo.log"; then
     echo "  demo: ok"; add 1 0
