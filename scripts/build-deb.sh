@@ -6,8 +6,9 @@
 # debian/ builds it the way Debian builds PGXS extensions (pg_buildext, dh --with
 # pgxs_loop; see debian/rules). The build runs on a copy of the tree (the files git
 # tracks plus untracked ones it does not ignore) in build/deb/src, so the work tree
-# stays clean. A package built from the same file contents is reused (build/deb/stamp);
-# --force rebuilds it anyway. Installs missing build dependencies first
+# stays clean. A package built from the same sources is reused (build/deb/stamp: a hash
+# of every file but the tests, benchmarks, clients and tools, which the package does
+# not contain, and of the build dependencies' versions); --force rebuilds it anyway. Installs missing build dependencies first
 # (scripts/install-deps.sh); prints the path of the .deb on its last line.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -39,8 +40,9 @@ list_sources() {
 }
 
 mkdir -p "$OUT"
-stamp=$( { list_sources | xargs -0 sha256sum; dpkg-query -W postgresql-server-dev-15 \
-              librdkafka-dev libhiredis-dev 2>/dev/null; } | sha256sum | cut -d' ' -f1)
+stamp=$( { list_sources | grep -zvE '^(test|bench|clients|tools|expected|\.ci)/' | xargs -0 sha256sum
+            dpkg-query -W postgresql-server-dev-15 librdkafka-dev libhiredis-dev debhelper 2>/dev/null
+          } | sha256sum | cut -d' ' -f1)
 fresh=1
 for d in "${debs[@]}"; do [ -f "$d" ] || fresh=""; done
 if [ -z "$force" ] && [ -n "$fresh" ] && [ "$(cat "$OUT/stamp" 2>/dev/null)" = "$stamp" ]; then

@@ -88,7 +88,8 @@ check "debian/changelog's version $deb_version is EXTVERSION $mk_version plus a 
 # --- 2. build and contents -----------------------------------------------------------------
 tb=$SECONDS
 deb=$(bash scripts/build-deb.sh 2>"$run/build-deb.err" | grep "/${PKG}_" | tail -n 1)
-check "scripts/build-deb.sh built $(basename "${deb:-nothing}") ($((SECONDS - tb)) s)" test -f "$deb"
+how="built"; grep -q "up to date" "$run/build-deb.err" && how="reused the unchanged"
+check "scripts/build-deb.sh $how $(basename "${deb:-nothing}") ($((SECONDS - tb)) s)" test -f "$deb"
 if [ ! -f "$deb" ]; then tail -n 30 "$run/build-deb.err"; summary; exit 1; fi
 
 # what `make install` installs, as absolute paths
