@@ -99,3 +99,173 @@ COMMENT ON VIEW batchkit.upsert_stats IS
     'batch_upsert calls per target since the server started (needs shared_preload_libraries)';
 GRANT SELECT ON batchkit.upsert_stats TO pg_monitor, batchkit_admin;
 -- === readable statistics (end) ===
+-- === dump/restore (begin) ===
+-- pg_dump / pg_restore carry the whole state of batchkit (README "Backups and
+-- restores"): the queue in a portable text form, the chunk id sequence, the
+-- captures with their columns by name, the dead letters and the id sequences.
+
+-- Captures record their columns as batchkit.column_list (by number, by name in
+-- a dump: src/shim/column_list.c); the capture trigger prefers them to the
+-- attribute numbers in its arguments, which a restore renumbers.
+CREATE TYPE batchkit.column_list;
+CREATE FUNCTION batchkit.column_list_in(cstring) RETURNS batchkit.column_list
+    AS 'MODULE_PATHNAME', 'batchkit_column_list_in' LANGUAGE C STABLE STRICT;
+CREATE FUNCTION batchkit.column_list_out(batchkit.column_list) RETURNS cstring
+    AS 'MODULE_PATHNAME', 'batchkit_column_list_out' LANGUAGE C STABLE STRICT;
+CREATE TYPE batchkit.column_list (
+    INPUT = batchkit.column_list_in, OUTPUT = batchkit.column_list_out,
+    INTERNALLENGTH = VARIABLE, ALIGNMENT = int4, STORAGE = plain);
+CREATE FUNCTION batchkit._column_list(source regclass, attnums smallint[])
+    RETURNS batchkit.column_list
+    AS 'MODULE_PATHNAME', 'batchkit_column_list_make' LANGUAGE C IMMUTABLE STRICT;
+ALTER TABLE batchkit.capture ADD COLUMN key_attnums batchkit.column_list,
+                             ADD COLUMN column_attnums batchkit.column_list;
+-- existing captures: the numbers their triggers were made with
+-- (arguments: capture_id, sink_id, flags, key attnums, emitted attnums or '')
+UPDATE batchkit.capture c
+   SET key_attnums = batchkit._column_list(c.source, string_to_array(t.args[4], ',')::smallint[]),
+       column_attnums = CASE WHEN t.args[5] <> '' THEN
+           batchkit._column_list(c.source, string_to_array(t.args[5], ',')::smallint[]) END
+  FROM (SELECT DISTINCT ON (tg.tgrelid, a.args[1]) tg.tgrelid, a.args
+          FROM pg_catalog.pg_trigger tg,
+               LATERAL (SELECT string_to_array(encode(tg.tgargs, 'escape'), '\000') AS args) a
+         WHERE tg.tgfoid = 'batchkit._capture_trigger()'::regprocedure AND tg.tgnargs = 5) t
+ WHERE t.tgrelid = c.source AND t.args[1] = c.capture_id::text;
+
+CREATE OR REPLACE FUNCTION batchkit.capture(source regclass, sink text,
+                                 events text[] DEFAULT ARRAY['insert', 'update', 'delete'],
+                                 options jsonb DEFAULT '{}')
+    RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    v_sink_id integer;
+    v_kind "char";
+    v_nsp oid;
+    v_keys text[];
+    v_cols text[];
+    v_before boolean := false;
+    v_events text[] := '{}';
+    v_bad text;
+    v_id integer;
+    v_flags text;
+    v_keynums text;
+    v_colnums text := '';
+    v_args text;
+    ev text;
+BEGIN
+    PERFORM batchkit._require_admin('capture tables');
+    IF source IS NULL OR sink IS NULL OR events IS NULL OR options IS NULL THEN
+        RAISE EXCEPTION 'batchkit.capture: source, sink, events and options must not be NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    SELECT s.sink_id INTO v_sink_id FROM batchkit.sinks s WHERE s.name = sink;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'batchkit sink "%" does not exist', sink USING ERRCODE = '42704';
+    END IF;
+    SELECT relkind, relnamespace INTO v_kind, v_nsp FROM pg_class WHERE oid = source;
+    IF v_kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'cannot capture %: only tables and partitioned tables can be captured', source
+            USING ERRCODE = '42809';
+    END IF;
+    IF v_nsp = 'batchkit'::regnamespace THEN
+        RAISE EXCEPTION 'cannot capture batchkit''s own table %', source USING ERRCODE = '42809';
+    END IF;
+    IF NOT has_table_privilege(source, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for table %', source
+            USING ERRCODE = '42501', DETAIL = 'Capturing a table sends its rows out: it needs SELECT on it.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM batchkit.capture c WHERE c.source = capture.source AND c.sink_id = v_sink_id) THEN
+        RAISE EXCEPTION 'table % is already captured by sink "%"', source, sink
+            USING ERRCODE = '42710', HINT = 'Use batchkit.uncapture() first to change how it is captured.';
+    END IF;
+
+    -- events
+    IF cardinality(events) = 0 THEN
+        RAISE EXCEPTION 'events must name at least one of insert, update, delete' USING ERRCODE = '22023';
+    END IF;
+    FOREACH ev IN ARRAY events LOOP
+        ev := lower(ev);
+        IF ev = 'truncate' THEN
+            RAISE EXCEPTION 'TRUNCATE cannot be captured'
+                USING ERRCODE = '22023',
+                      DETAIL = 'Captured tables refuse TRUNCATE instead (a sink cannot replay it row by row).';
+        ELSIF ev NOT IN ('insert', 'update', 'delete') THEN
+            RAISE EXCEPTION 'unknown event "%"', ev
+                USING ERRCODE = '22023', HINT = 'Valid events are insert, update and delete.';
+        END IF;
+        IF NOT ev = ANY (v_events) THEN
+            v_events := v_events || ev;
+        END IF;
+    END LOOP;
+
+    -- options
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'capture options must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    SELECT string_agg(format('"%s"', k), ', ') INTO v_bad FROM jsonb_object_keys(options) k
+     WHERE k NOT IN ('key_columns', 'columns', 'include_before');
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'unknown capture option %', v_bad
+            USING ERRCODE = '22023', HINT = 'Valid options are key_columns, columns and include_before.';
+    END IF;
+    IF options ? 'key_columns' THEN
+        IF jsonb_typeof(options->'key_columns') <> 'array' OR EXISTS (
+            SELECT 1 FROM jsonb_array_elements(options->'key_columns') e WHERE jsonb_typeof(e) <> 'string') THEN
+            RAISE EXCEPTION 'key_columns must be a JSON array of column names' USING ERRCODE = '22023';
+        END IF;
+        SELECT array_agg(e ORDER BY o) INTO v_keys
+          FROM jsonb_array_elements_text(options->'key_columns') WITH ORDINALITY AS t(e, o);
+    ELSE
+        SELECT array_agg(a.attname::text ORDER BY k.o) INTO v_keys
+          FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, o), pg_attribute a
+         WHERE i.indrelid = source AND i.indisprimary AND a.attrelid = source AND a.attnum = k.attnum;
+        IF v_keys IS NULL THEN
+            RAISE EXCEPTION 'table % has no primary key', source
+                USING ERRCODE = '22023',
+                      HINT = 'Name the columns that identify a row: options => ''{"key_columns": ["id"]}''.';
+        END IF;
+    END IF;
+    v_keynums := batchkit._column_attnums(source, v_keys, 'key_columns');
+    IF options ? 'columns' AND jsonb_typeof(options->'columns') <> 'null' THEN
+        IF jsonb_typeof(options->'columns') <> 'array' OR EXISTS (
+            SELECT 1 FROM jsonb_array_elements(options->'columns') e WHERE jsonb_typeof(e) <> 'string') THEN
+            RAISE EXCEPTION 'columns must be a JSON array of column names' USING ERRCODE = '22023';
+        END IF;
+        SELECT array_agg(e ORDER BY o) INTO v_cols
+          FROM jsonb_array_elements_text(options->'columns') WITH ORDINALITY AS t(e, o);
+        v_colnums := batchkit._column_attnums(source, v_cols, 'columns');
+    END IF;
+    IF options ? 'include_before' THEN
+        IF jsonb_typeof(options->'include_before') <> 'boolean' THEN
+            RAISE EXCEPTION 'include_before must be true or false' USING ERRCODE = '22023';
+        END IF;
+        v_before := (options->>'include_before')::boolean;
+    END IF;
+
+    INSERT INTO batchkit.capture (source, sink_id, events, key_columns, columns, include_before,
+                                  key_attnums, column_attnums)
+    VALUES (source, v_sink_id, v_events, v_keys, v_cols, v_before,
+            batchkit._column_list(source, string_to_array(v_keynums, ',')::smallint[]),
+            CASE WHEN v_colnums <> '' THEN
+                batchkit._column_list(source, string_to_array(v_colnums, ',')::smallint[]) END)
+    RETURNING capture_id INTO v_id;
+
+    v_flags := CASE WHEN v_before THEN 'b' ELSE '' END;
+    v_args := format('%L, %L, %L, %L, %L', v_id, v_sink_id, v_flags, v_keynums, v_colnums);
+    FOREACH ev IN ARRAY v_events LOOP
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION batchkit._capture_trigger(%s)',
+                       format('batchkit_capture_%s_%s', v_id, left(ev, 3)), upper(ev), source,
+                       CASE ev WHEN 'insert' THEN 'NEW TABLE AS batchkit_new'
+                               WHEN 'update' THEN 'OLD TABLE AS batchkit_old NEW TABLE AS batchkit_new'
+                               ELSE 'OLD TABLE AS batchkit_old' END,
+                       v_args);
+    END LOOP;
+    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT '
+                   'EXECUTE FUNCTION batchkit._truncate_guard(%L)',
+                   format('batchkit_capture_%s_trunc', v_id), source, sink);
+    PERFORM batchkit._catalog_changed();
+    RETURN v_id;
+END
+$fn$;
+
+-- === dump/restore (end) ===

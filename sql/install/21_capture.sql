@@ -169,8 +169,12 @@ BEGIN
         v_before := (options->>'include_before')::boolean;
     END IF;
 
-    INSERT INTO batchkit.capture (source, sink_id, events, key_columns, columns, include_before)
-    VALUES (source, v_sink_id, v_events, v_keys, v_cols, v_before)
+    INSERT INTO batchkit.capture (source, sink_id, events, key_columns, columns, include_before,
+                                  key_attnums, column_attnums)
+    VALUES (source, v_sink_id, v_events, v_keys, v_cols, v_before,
+            batchkit._column_list(source, string_to_array(v_keynums, ',')::smallint[]),
+            CASE WHEN v_colnums <> '' THEN
+                batchkit._column_list(source, string_to_array(v_colnums, ',')::smallint[]) END)
     RETURNING capture_id INTO v_id;
 
     v_flags := CASE WHEN v_before THEN 'b' ELSE '' END;

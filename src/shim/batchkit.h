@@ -111,6 +111,14 @@ typedef struct BkShared {
     BkWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } BkShared;
 
+/* batchkit.column_list (column_list.c): columns of one table by attribute number */
+typedef struct BkColumnList {
+    int32 vl_len_;             /* varlena header */
+    Oid relid;
+    int32 natts;
+    int16 attnums[FLEXIBLE_ARRAY_MEMBER]; /* 0: a column dropped before a restore */
+} BkColumnList;
+
 /* GUCs (module.c) */
 extern int bk_max_workers;
 extern int bk_max_sinks;

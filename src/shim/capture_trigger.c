@@ -14,6 +14,12 @@
  * batchkit.capture so a hand-made trigger cannot inject into another sink):
  *   0 capture_id   1 sink_id   2 flags ("b" = include_before)
  *   3 key attnums "1,2"   4 emitted attnums "" (all) or "1,3"
+ * The columns are taken from batchkit.capture (key_attnums, column_attnums:
+ * column_list.c) when it has them, as every capture made by batchkit 0.2.0 does:
+ * a dump writes them by name and a restore reads them back by name, whereas the
+ * numbers in the arguments are those of the dumped database (pg_dump leaves
+ * dropped columns out, so later ones are renumbered). Arguments 3 and 4 serve
+ * captures recorded without them (made by 0.1.0, or by hand).
  *
  * An UPDATE that changes a key is captured as a delete of the old key followed
  * by an insert of the new one, so key-addressed sinks (Redis set/hset) never
@@ -27,6 +33,7 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "catalog/namespace.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
@@ -42,28 +49,65 @@ PG_FUNCTION_INFO_V1(batchkit_capture_trigger);
 
 #define BK_CHUNK_MAX_BYTES (1024 * 1024)
 
-/* Backend-local cache of validated (capture_id -> relid, sink_id). */
+/* Backend-local cache of validated (capture_id -> relid, sink_id, columns). */
 typedef struct CaptureCacheEntry
 {
 	int32		capture_id;
 	Oid			relid;
 	int32		sink_id;
+	bool		has_lists;		/* key/cols below come from batchkit.capture */
+	int			nkeys;
+	int16	   *keys;
+	int			ncols;			/* -1: every column */
+	int16	   *cols;
 } CaptureCacheEntry;
 
 static HTAB *capture_cache = NULL;
 
-static bool
+static CaptureCacheEntry *
 capture_cached(int32 capture_id, Oid relid, int32 sink_id)
 {
 	CaptureCacheEntry *e;
 
 	if (capture_cache == NULL)
-		return false;
+		return NULL;
 	e = hash_search(capture_cache, &capture_id, HASH_FIND, NULL);
-	return e != NULL && e->relid == relid && e->sink_id == sink_id;
+	return (e != NULL && e->relid == relid && e->sink_id == sink_id) ? e : NULL;
 }
 
-static void
+/* Copy a column_list's numbers into TopMemoryContext; false if it is NULL. */
+static bool
+list_attnums(HeapTuple t, TupleDesc d, int col, Oid relid, int *n, int16 **out)
+{
+	bool		isnull;
+	Datum		v = SPI_getbinval(t, d, col, &isnull);
+	BkColumnList *cl;
+
+	if (isnull)
+		return false;
+	cl = (BkColumnList *) PG_DETOAST_DATUM(v);
+	if (cl->relid != relid)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("batchkit capture of table \"%s\" records the columns of another table",
+						get_rel_name(relid)),
+				 errhint("Run batchkit.uncapture() and batchkit.capture() again.")));
+	*n = cl->natts;
+	*out = MemoryContextAlloc(TopMemoryContext, sizeof(int16) * Max(cl->natts, 1));
+	memcpy(*out, cl->attnums, sizeof(int16) * cl->natts);
+	return true;
+}
+
+/* Does this database's batchkit.capture record the columns (0.2.0 and later)? */
+static bool
+catalog_has_lists(void)
+{
+	Oid			nsp = get_namespace_oid("batchkit", false);
+
+	return get_attnum(get_relname_relid("capture", nsp), "key_attnums") != InvalidAttrNumber;
+}
+
+static CaptureCacheEntry *
 validate_capture(int32 capture_id, Oid relid, int32 sink_id)
 {
 	CaptureCacheEntry *e;
@@ -74,6 +118,12 @@ validate_capture(int32 capture_id, Oid relid, int32 sink_id)
 	bool		isnull;
 	Oid			cap_relid = InvalidOid;
 	int32		cap_sink = 0;
+	bool		with_lists;
+	bool		has_lists = false;
+	int			nkeys = 0,
+				ncols = -1;
+	int16	   *keys = NULL,
+			   *cols = NULL;
 
 	if (capture_cache == NULL)
 	{
@@ -86,11 +136,15 @@ validate_capture(int32 capture_id, Oid relid, int32 sink_id)
 		capture_cache = hash_create("batchkit capture cache", 16, &ctl,
 									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-	if (capture_cached(capture_id, relid, sink_id))
-		return;
+	if ((e = capture_cached(capture_id, relid, sink_id)) != NULL)
+		return e;
 
 	arg[0] = Int32GetDatum(capture_id);
-	rc = SPI_execute_with_args("SELECT source::oid, sink_id FROM batchkit.capture "
+	with_lists = catalog_has_lists();
+	rc = SPI_execute_with_args(with_lists ?
+							   "SELECT source::oid, sink_id, key_attnums, column_attnums "
+							   "FROM batchkit.capture WHERE capture_id = $1" :
+							   "SELECT source::oid, sink_id FROM batchkit.capture "
 							   "WHERE capture_id = $1", 1, argtypes, arg, NULL, true, 1);
 	if (rc == SPI_OK_SELECT && SPI_processed == 1)
 	{
@@ -105,9 +159,63 @@ validate_capture(int32 capture_id, Oid relid, int32 sink_id)
 				 errmsg("trigger does not match a batchkit capture of table \"%s\"",
 						get_rel_name(relid)),
 				 errhint("Capture triggers are created by batchkit.capture(); drop this one.")));
+	if (with_lists)
+	{
+		HeapTuple	t = SPI_tuptable->vals[0];
+		TupleDesc	d = SPI_tuptable->tupdesc;
+
+		has_lists = list_attnums(t, d, 3, relid, &nkeys, &keys);
+		if (has_lists && !list_attnums(t, d, 4, relid, &ncols, &cols))
+			ncols = -1;
+	}
 	e = hash_search(capture_cache, &capture_id, HASH_ENTER, &found);
+	if (found)
+	{
+		if (e->keys)
+			pfree(e->keys);
+		if (e->cols)
+			pfree(e->cols);
+	}
 	e->relid = relid;
 	e->sink_id = sink_id;
+	e->has_lists = has_lists;
+	e->nkeys = nkeys;
+	e->keys = keys;
+	e->ncols = ncols;
+	e->cols = cols;
+	return e;
+}
+
+static void pg_attribute_noreturn()
+column_gone(const char *what, Relation rel)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_COLUMN),
+			 errmsg("a %s column captured by batchkit no longer exists in table \"%s\"",
+					what, RelationGetRelationName(rel)),
+			 errhint("Run batchkit.uncapture() and batchkit.capture() again.")));
+}
+
+/* A 1-based bitmap over the relation's attributes from attribute numbers; n < 0: all. */
+static void
+map_attnums(const int16 *attnums, int n, TupleDesc desc, bool *map, const char *what,
+			Relation rel)
+{
+	memset(map, 0, sizeof(bool) * (desc->natts + 1));
+	if (n < 0)
+	{
+		for (int i = 1; i <= desc->natts; i++)
+			map[i] = !TupleDescAttr(desc, i - 1)->attisdropped;
+		return;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		int			a = attnums[i];
+
+		if (a < 1 || a > desc->natts || TupleDescAttr(desc, a - 1)->attisdropped)
+			column_gone(what, rel);
+		map[a] = true;
+	}
 }
 
 /* Parse "1,2,3" into a 1-based bitmap over the relation's attributes. */
@@ -130,11 +238,7 @@ parse_attnums(const char *list, TupleDesc desc, bool *map, bool all_if_empty, co
 		long		n = strtol(p, &end, 10);
 
 		if (end == p || n < 1 || n > desc->natts || TupleDescAttr(desc, n - 1)->attisdropped)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("a %s column captured by batchkit no longer exists in table \"%s\"",
-							what, RelationGetRelationName(rel)),
-					 errhint("Run batchkit.uncapture() and batchkit.capture() again.")));
+			column_gone(what, rel);
 		map[n] = true;
 		p = (*end == ',') ? end + 1 : end;
 	}
@@ -218,6 +322,7 @@ batchkit_capture_trigger(PG_FUNCTION_ARGS)
 	Oid			save_userid = InvalidOid;
 	int			save_sec = 0;
 	bool		use_spi;
+	CaptureCacheEntry *entry;
 	CaptureState cs;
 	TupleTableSlot *oldslot = NULL,
 			   *newslot = NULL;
@@ -254,10 +359,6 @@ batchkit_capture_trigger(PG_FUNCTION_ARGS)
 	capture_id = pg_strtoint32(tg->tgargs[0]);
 	sink_id = pg_strtoint32(tg->tgargs[1]);
 	include_before = strchr(tg->tgargs[2], 'b') != NULL;
-	is_key = palloc(sizeof(bool) * (desc->natts + 1));
-	is_emitted = palloc(sizeof(bool) * (desc->natts + 1));
-	parse_attnums(tg->tgargs[3], desc, is_key, false, "key", rel);
-	parse_attnums(tg->tgargs[4], desc, is_emitted, true, "captured", rel);
 
 	/*
 	 * The catalog lookups (on a cache miss) run SQL as the queue's owner; once
@@ -265,14 +366,26 @@ batchkit_capture_trigger(PG_FUNCTION_ARGS)
 	 * is a direct heap insert), so the user switch is skipped.
 	 */
 	bk_queue_init_backend();
-	use_spi = !capture_cached(capture_id, RelationGetRelid(rel), sink_id) ||
-		bk_queue_needs_spi(sink_id);
+	entry = capture_cached(capture_id, RelationGetRelid(rel), sink_id);
+	use_spi = entry == NULL || bk_queue_needs_spi(sink_id);
 	if (use_spi)
 	{
 		bk_begin_as_owner(&save_userid, &save_sec);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "batchkit: SPI_connect failed");
-		validate_capture(capture_id, RelationGetRelid(rel), sink_id);
+		entry = validate_capture(capture_id, RelationGetRelid(rel), sink_id);
+	}
+	is_key = palloc(sizeof(bool) * (desc->natts + 1));
+	is_emitted = palloc(sizeof(bool) * (desc->natts + 1));
+	if (entry->has_lists)
+	{
+		map_attnums(entry->keys, entry->nkeys, desc, is_key, "key", rel);
+		map_attnums(entry->cols, entry->ncols, desc, is_emitted, "captured", rel);
+	}
+	else
+	{
+		parse_attnums(tg->tgargs[3], desc, is_key, false, "key", rel);
+		parse_attnums(tg->tgargs[4], desc, is_emitted, true, "captured", rel);
 	}
 	bk_queue_check_backpressure(sink_id, (uint64) n);
 
