@@ -104,6 +104,37 @@ GRANT SELECT ON batchkit.upsert_stats TO pg_monitor, batchkit_admin;
 -- restores"): the queue in a portable text form, the chunk id sequence, the
 -- captures with their columns by name, the dead letters and the id sequences.
 
+-- The queue's payload becomes batchkit.chunk: the same bytes as bytea, with a
+-- text form that a restore can read in another database (src/shim/chunk_io.c).
+CREATE TYPE batchkit.chunk;
+CREATE FUNCTION batchkit.chunk_in(cstring) RETURNS batchkit.chunk
+    AS 'MODULE_PATHNAME', 'batchkit_chunk_in' LANGUAGE C STABLE STRICT;
+CREATE FUNCTION batchkit.chunk_out(batchkit.chunk) RETURNS cstring
+    AS 'MODULE_PATHNAME', 'batchkit_chunk_out' LANGUAGE C STABLE STRICT;
+CREATE TYPE batchkit.chunk (
+    INPUT = batchkit.chunk_in, OUTPUT = batchkit.chunk_out,
+    INTERNALLENGTH = VARIABLE, ALIGNMENT = int4, STORAGE = extended);
+COMMENT ON TYPE batchkit.chunk IS
+    'Captured records of batchkit''s queue (binary; text form for dump and restore)';
+-- the stored bytes do not change (no rewrite); the cast exists only for this statement
+CREATE CAST (bytea AS batchkit.chunk) WITHOUT FUNCTION;
+ALTER TABLE batchkit.queue ALTER COLUMN payload TYPE batchkit.chunk USING payload::batchkit.chunk;
+DROP CAST (bytea AS batchkit.chunk);
+-- ALTER COLUMN ... TYPE resets the column's storage: set it again as 20_queue.sql does
+DO $bk$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['batchkit.queue', 'batchkit.queue_0', 'batchkit.queue_1', 'batchkit.queue_2'] LOOP
+        BEGIN
+            EXECUTE format('ALTER TABLE %s ALTER COLUMN payload SET COMPRESSION lz4', t);
+        EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
+            EXECUTE format('ALTER TABLE %s ALTER COLUMN payload SET STORAGE EXTERNAL', t);
+        END;
+    END LOOP;
+END
+$bk$;
+
 -- Captures record their columns as batchkit.column_list (by number, by name in
 -- a dump: src/shim/column_list.c); the capture trigger prefers them to the
 -- attribute numbers in its arguments, which a restore renumbers.
@@ -268,4 +299,14 @@ BEGIN
 END
 $fn$;
 
+-- pg_dump keeps the queue's segments, the chunk id sequence (seq and idempotency
+-- keys continue above the dumped ones), the capture id sequence, the dead
+-- letters and their id sequence (sinks, secrets and captures already were)
+SELECT pg_catalog.pg_extension_config_dump('batchkit.capture_capture_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_0', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_1', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_2', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.chunk_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.dead_letter', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.dead_letter_dead_letter_id_seq', '');
 -- === dump/restore (end) ===

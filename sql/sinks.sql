@@ -191,7 +191,8 @@ SELECT format('CREATE TRIGGER batchkit_capture_%s_%s AFTER %s ON bk_orders '
 SELECT batchkit.drop_sink('cache');
 \echo :LAST_ERROR_SQLSTATE
 INSERT INTO batchkit.queue (segment, chunk_id, sink_id, nrecords, nbytes, txid, captured_at, payload)
-    SELECT 0, nextval('batchkit.chunk_id_seq'), sink_id, 1, 1, pg_current_xact_id(), now(), '\x00'
+    SELECT 0, nextval('batchkit.chunk_id_seq'), sink_id, 1, 1, pg_current_xact_id(), now(),
+           '{"format": 1, "kind": "messages", "records": [["m", null, "{}", null, null]]}'
       FROM batchkit.sink WHERE name IN ('cache', 'plain');
 INSERT INTO batchkit.sink_progress (sink_id)
     SELECT sink_id FROM batchkit.sink WHERE name = 'cache';

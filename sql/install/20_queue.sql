@@ -14,6 +14,21 @@
 
 CREATE SEQUENCE batchkit.chunk_id_seq AS bigint CACHE 1;
 
+-- A chunk's type: stored exactly like bytea (the writers and the decoder see the
+-- same bytes), but its text form, which pg_dump writes, renders the records by
+-- type name and value text, and reads them back in the restored database: the
+-- binary form holds type OIDs that mean nothing there (src/shim/chunk_io.c).
+CREATE TYPE batchkit.chunk;
+CREATE FUNCTION batchkit.chunk_in(cstring) RETURNS batchkit.chunk
+    AS 'MODULE_PATHNAME', 'batchkit_chunk_in' LANGUAGE C STABLE STRICT;
+CREATE FUNCTION batchkit.chunk_out(batchkit.chunk) RETURNS cstring
+    AS 'MODULE_PATHNAME', 'batchkit_chunk_out' LANGUAGE C STABLE STRICT;
+CREATE TYPE batchkit.chunk (
+    INPUT = batchkit.chunk_in, OUTPUT = batchkit.chunk_out,
+    INTERNALLENGTH = VARIABLE, ALIGNMENT = int4, STORAGE = extended);
+COMMENT ON TYPE batchkit.chunk IS
+    'Captured records of batchkit''s queue (binary; text form for dump and restore)';
+
 CREATE TABLE batchkit.queue (
     segment      smallint NOT NULL,
     chunk_id     bigint NOT NULL,
@@ -24,7 +39,7 @@ CREATE TABLE batchkit.queue (
     txid         xid8 NOT NULL,     -- writer's transaction
     captured_at  timestamptz NOT NULL,
     done_records integer NOT NULL DEFAULT 0, -- records already acknowledged (a batch may end mid-chunk)
-    payload      bytea NOT NULL
+    payload      batchkit.chunk NOT NULL
 ) PARTITION BY LIST (segment);
 
 CREATE TABLE batchkit.queue_0 PARTITION OF batchkit.queue FOR VALUES IN (0);
@@ -114,4 +129,17 @@ REVOKE ALL ON batchkit.queue, batchkit.queue_0, batchkit.queue_1, batchkit.queue
     batchkit.queue_state, batchkit.inflight, batchkit.sink_progress, batchkit.capture,
     batchkit.chunk_id_seq FROM PUBLIC;
 
+-- pg_dump keeps (extension configuration tables): the captures and their id
+-- sequence; the queue's segments, in the chunks' text form, so rows waiting at
+-- dump time are delivered after a restore; the chunk id sequence, from which
+-- every message's seq (chunk_id * 100000 + index) and idempotency key come, so
+-- rows captured after a restore never repeat one of before the dump.
+-- Not kept: queue_state (one row, inserted above), inflight (the chunks of a
+-- batch in flight are simply claimed again) and sink_progress (a Redis sink
+-- numbers its batches above the fence its data carries, flush_worker.c).
 SELECT pg_catalog.pg_extension_config_dump('batchkit.capture', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.capture_capture_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_0', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_1', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_2', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.chunk_id_seq', '');

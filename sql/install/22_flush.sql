@@ -17,6 +17,9 @@ CREATE TABLE batchkit.dead_letter (
 );
 CREATE INDEX ON batchkit.dead_letter (sink_id, dead_letter_id);
 REVOKE ALL ON batchkit.dead_letter FROM PUBLIC;
+-- pg_dump keeps the dead letters (and their id sequence: new ones never reuse an id)
+SELECT pg_catalog.pg_extension_config_dump('batchkit.dead_letter', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.dead_letter_dead_letter_id_seq', '');
 
 CREATE VIEW batchkit.dead_letters AS
 SELECT d.dead_letter_id AS id, s.name AS sink, d.seq, d.op, d.source, d.target, d.key,

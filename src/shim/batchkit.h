@@ -99,6 +99,16 @@ typedef struct BkSinkSlot {
     TimestampTz gauges_at;        /* when published; 0: never */
 } BkSinkSlot;
 
+/*
+ * A session restoring this database's queue from a dump (chunk_io.c): while one
+ * is connected, the database's flush worker delivers nothing (bk_restore_pending).
+ */
+#define BK_MAX_RESTORES 16
+typedef struct BkRestoreMark {
+    Oid dboid;                 /* InvalidOid: free */
+    int pid;
+} BkRestoreMark;
+
 typedef struct BkShared {
     LWLock *lock;
     int max_workers;           /* flush worker slots; slot 0 is the launcher */
@@ -107,6 +117,7 @@ typedef struct BkShared {
     uint64 recheck_generation; /* bumped to make the launcher retry every database now */
     Oid evicted_dboid;         /* a database whose worker was asked to leave (utility_hook.c) */
     TimestampTz evicted_at;
+    BkRestoreMark restores[BK_MAX_RESTORES];
     BkSinkSlot *sinks;         /* max_sinks entries, after the worker slots */
     BkWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } BkShared;
@@ -138,6 +149,9 @@ extern int bk_sink_slot_ids(Oid dboid, int32 *ids, int max);
 extern void bk_wake_database(Oid dboid);
 extern void bk_request_reload(Oid dboid);
 extern void bk_wake_worker_at_commit(void);
+extern void bk_note_restoring(void);
+extern bool bk_restore_pending(Oid dboid);
+extern void bk_forget_depths(Oid dboid);
 
 /* queue.c */
 struct _SPI_plan;

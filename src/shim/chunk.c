@@ -48,9 +48,16 @@ writer_start(BkChunkWriter *w)
 void
 bk_chunk_begin_rows(BkChunkWriter *w, Relation rel, const bool *is_key, const bool *is_emitted)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
+	bk_chunk_begin_rows_desc(w, get_namespace_name(RelationGetNamespace(rel)),
+							 RelationGetRelationName(rel), RelationGetRelid(rel),
+							 RelationGetDescr(rel), is_key, is_emitted);
+}
+
+void
+bk_chunk_begin_rows_desc(BkChunkWriter *w, const char *schema, const char *table, Oid relid,
+						 TupleDesc desc, const bool *is_key, const bool *is_emitted)
+{
 	BkChunkHeader h;
-	char	   *schema = get_namespace_name(RelationGetNamespace(rel));
 
 	writer_start(w);
 	memset(&h, 0, sizeof(h));
@@ -58,11 +65,10 @@ bk_chunk_begin_rows(BkChunkWriter *w, Relation rel, const bool *is_key, const bo
 	h.version = BK_CHUNK_VERSION;
 	h.kind = BK_CHUNK_KIND_ROWS;
 	h.natts = desc->natts;
-	h.relid = RelationGetRelid(rel);
+	h.relid = relid;
 	appendBinaryStringInfo(&w->buf, (char *) &h, sizeof(h));
 	appendBinaryStringInfo(&w->buf, schema, strlen(schema) + 1);
-	appendBinaryStringInfo(&w->buf, RelationGetRelationName(rel),
-						   strlen(RelationGetRelationName(rel)) + 1);
+	appendBinaryStringInfo(&w->buf, table, strlen(table) + 1);
 	pad_maxalign(&w->buf);
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -795,4 +801,28 @@ bk_chunk_row_attr_text(BkChunkReader *r, HeapTupleHeader tup, const char *attnam
 			return attr_text(r, tup, i + 1, out);
 	}
 	return false;
+}
+
+/*
+ * The values of every attribute of a row tuple, deformed with the chunk's
+ * layout (they point into the reader, valid until the next call). An attribute
+ * counts as live unless it was dropped before capture or its type no longer
+ * exists: the decoder shows nothing of it, and neither does the text form.
+ */
+void
+bk_chunk_row_values(BkChunkReader *r, HeapTupleHeader tup, Datum **values, bool **nulls)
+{
+	if (r->attout == NULL)
+		prepare_fast(r);
+	deform(r, tup);
+	*values = r->values;
+	*nulls = r->nulls;
+}
+
+bool
+bk_chunk_att_live(BkChunkReader *r, int i)
+{
+	const BkChunkAtt *a = &r->atts[i];
+
+	return !(a->flags & BK_ATT_DROPPED) && OidIsValid(a->typid) && get_typlen(a->typid) != 0;
 }

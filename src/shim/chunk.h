@@ -132,6 +132,10 @@ typedef struct BkChunkWriter
 /* Start a rows chunk describing `desc`; key_atts/emit_atts are 1-based bitmaps (bool[natts+1]). */
 extern void bk_chunk_begin_rows(BkChunkWriter *w, Relation rel, const bool *is_key,
 								const bool *is_emitted);
+/* The same for a descriptor that is not a relation's (chunk_io.c rebuilds restored chunks). */
+extern void bk_chunk_begin_rows_desc(BkChunkWriter *w, const char *schema, const char *table,
+									 Oid relid, TupleDesc desc, const bool *is_key,
+									 const bool *is_emitted);
 extern void bk_chunk_begin_messages(BkChunkWriter *w);
 /* Append one row change; before/after may be NULL. Tuples with external TOAST are flattened. */
 extern void bk_chunk_add_row(BkChunkWriter *w, char op, TupleDesc desc,
@@ -201,5 +205,10 @@ extern void bk_chunk_row_fields(BkChunkReader *r, HeapTupleHeader tup, bk_chunk_
 /* Text of one attribute (by name) for key templates; false if NULL or absent. */
 extern bool bk_chunk_row_attr_text(BkChunkReader *r, HeapTupleHeader tup, const char *attname,
 								   StringInfo out);
+
+/* Every attribute's value of a row tuple, and whether attribute i (0-based) is shown at all. */
+extern void bk_chunk_row_values(BkChunkReader *r, HeapTupleHeader tup, Datum **values,
+								bool **nulls);
+extern bool bk_chunk_att_live(BkChunkReader *r, int i);
 
 #endif							/* BATCHKIT_CHUNK_H */

@@ -1606,6 +1606,7 @@ batchkit_flush_worker_main(Datum main_arg)
 	Oid			dboid = DatumGetObjectId(main_arg);
 	TimestampTz last_maintain = 0;
 	TimestampTz last_reload = 0;
+	bool		restore_held = false;
 
 	/*
 	 * No glibc fastbins in this process. A Kafka drain allocates a message, its
@@ -1708,6 +1709,29 @@ batchkit_flush_worker_main(Datum main_arg)
 			}
 			PG_END_TRY();
 			last_reload = now;
+		}
+
+		/*
+		 * A session is restoring this database's queue from a dump (chunk_io.c):
+		 * deliver nothing until it ends, or a segment restored early would be
+		 * sent before an older one still loading (per-key order). Its exit
+		 * wakes us; the sinks' depth counters are rebuilt then.
+		 */
+		if (bk_restore_pending(MyDatabaseId))
+		{
+			restore_held = true;
+			bk_slot_set_state(my_slot, "waiting for a restore", NULL);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 bk_naptime_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			continue;
+		}
+		if (restore_held)
+		{
+			restore_held = false;
+			bk_forget_depths(MyDatabaseId);
+			force_reload = true;
+			continue;
 		}
 
 		for (int i = 0; i < nsinks; i++)

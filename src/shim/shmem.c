@@ -7,14 +7,19 @@
  *   - SHARED: reading slots (SQL views copy the slot out, then release).
  * A worker only ever updates its own slot. The lock is never held across I/O,
  * a call into the C++ core, or anything that can ereport(ERROR).
+ * Restore marks (BkShared->restores): taken and freed under the lock, EXCLUSIVE,
+ * by the restoring backend only (the mark is freed when it exits); read SHARED.
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/acl.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "batchkit.h"
@@ -317,4 +322,113 @@ wake_flush_worker(Oid dboid, bool reload)
     LWLockRelease(bk_shared->lock);
     if (latch)
         SetLatch(latch);
+}
+
+/* ---- restores ---------------------------------------------------------------- */
+
+/*
+ * Forget the depth counters of a database's sinks: the next reader or the flush
+ * worker sums the queue again. Bumping `applied` makes a rebuild that is summing
+ * right now (from a snapshot that may predate what changed) discard its result.
+ */
+void
+bk_forget_depths(Oid dboid)
+{
+    if (bk_shared == NULL)
+        return;
+    LWLockAcquire(bk_shared->lock, LW_SHARED);
+    for (int i = 0; i < bk_shared->max_sinks; i++)
+    {
+        BkSinkSlot *s = &bk_shared->sinks[i];
+
+        if (s->in_use && s->dboid == dboid)
+        {
+            SpinLockAcquire(&s->mutex);
+            s->depth_known = false;
+            s->applied++;
+            SpinLockRelease(&s->mutex);
+        }
+    }
+    LWLockRelease(bk_shared->lock);
+}
+
+static bool restore_marked = false;
+
+/*
+ * At exit of a session that restored queue chunks (its transactions have
+ * committed, or are about to be aborted): free its mark, make the counters be
+ * rebuilt (rows COPYed into the queue never went through a writer's commit
+ * bookkeeping) and wake the worker.
+ */
+static void
+restore_unmark(int code, Datum arg)
+{
+    Oid dboid = DatumGetObjectId(arg);
+
+    LWLockAcquire(bk_shared->lock, LW_EXCLUSIVE);
+    for (int i = 0; i < BK_MAX_RESTORES; i++)
+        if (bk_shared->restores[i].pid == MyProcPid)
+        {
+            bk_shared->restores[i].pid = 0;
+            bk_shared->restores[i].dboid = InvalidOid;
+        }
+    LWLockRelease(bk_shared->lock);
+    bk_forget_depths(dboid);
+    bk_request_reload(dboid);
+}
+
+/*
+ * This session is loading queue chunks from their text form (a restore, see
+ * chunk_io.c): hold delivery in its database until it ends. Only a role that
+ * may write the queue counts (anyone may cast text to batchkit.chunk).
+ */
+void
+bk_note_restoring(void)
+{
+    Oid nsp;
+    Oid relid;
+    bool marked = false;
+
+    if (bk_shared == NULL || restore_marked || !OidIsValid(MyDatabaseId))
+        return;
+    nsp = get_namespace_oid("batchkit", true);
+    relid = OidIsValid(nsp) ? get_relname_relid("queue", nsp) : InvalidOid;
+    if (!OidIsValid(relid) || pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+        return;
+    LWLockAcquire(bk_shared->lock, LW_EXCLUSIVE);
+    for (int i = 0; i < BK_MAX_RESTORES && !marked; i++)
+        if (bk_shared->restores[i].pid == 0)
+        {
+            bk_shared->restores[i].dboid = MyDatabaseId;
+            bk_shared->restores[i].pid = MyProcPid;
+            marked = true;
+        }
+    LWLockRelease(bk_shared->lock);
+    restore_marked = true;      /* tried: do not warn again */
+    if (!marked)
+    {
+        ereport(WARNING,
+                (errmsg("batchkit cannot hold delivery during this restore: %d other restores "
+                        "are running", BK_MAX_RESTORES),
+                 errdetail("The flush worker may deliver restored rows while the queue is "
+                           "still loading, so changes of one key may arrive out of order."),
+                 errhint("Pause the sinks (batchkit.pause_sink) before the restore ends.")));
+        return;
+    }
+    before_shmem_exit(restore_unmark, ObjectIdGetDatum(MyDatabaseId));
+}
+
+/* Is a session restoring this database's queue? */
+bool
+bk_restore_pending(Oid dboid)
+{
+    bool pending = false;
+
+    if (bk_shared == NULL)
+        return false;
+    LWLockAcquire(bk_shared->lock, LW_SHARED);
+    for (int i = 0; i < BK_MAX_RESTORES && !pending; i++)
+        pending = bk_shared->restores[i].pid != 0 && bk_shared->restores[i].dboid == dboid;
+    LWLockRelease(bk_shared->lock);
+    return pending;
 }
