@@ -99,6 +99,7 @@ COMMENT ON VIEW batchkit.upsert_stats IS
     'batch_upsert calls per target since the server started (needs shared_preload_libraries)';
 GRANT SELECT ON batchkit.upsert_stats TO pg_monitor, batchkit_admin;
 -- === readable statistics (end) ===
+
 -- === dump/restore (begin) ===
 -- pg_dump / pg_restore carry the whole state of batchkit (README "Backups and
 -- restores"): the queue in a portable text form, the chunk id sequence, the
@@ -149,6 +150,8 @@ CREATE TYPE batchkit.column_list (
 CREATE FUNCTION batchkit._column_list(source regclass, attnums smallint[])
     RETURNS batchkit.column_list
     AS 'MODULE_PATHNAME', 'batchkit_column_list_make' LANGUAGE C IMMUTABLE STRICT;
+CREATE FUNCTION batchkit._column_list_attnums(batchkit.column_list) RETURNS smallint[]
+    AS 'MODULE_PATHNAME', 'batchkit_column_list_attnums' LANGUAGE C IMMUTABLE STRICT;
 ALTER TABLE batchkit.capture ADD COLUMN key_attnums batchkit.column_list,
                              ADD COLUMN column_attnums batchkit.column_list;
 -- existing captures: the numbers their triggers were made with
@@ -296,6 +299,53 @@ BEGIN
                    format('batchkit_capture_%s_trunc', v_id), source, sink);
     PERFORM batchkit._catalog_changed();
     RETURN v_id;
+END
+$fn$;
+
+-- the event trigger of "catalog hygiene" reads the capture's recorded columns first
+CREATE OR REPLACE FUNCTION batchkit._on_sql_drop() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    r record;
+    n integer;
+BEGIN
+    FOR r IN
+        SELECT d.objid::regclass AS source, d.address_names[3] AS col, s.name AS sink,
+               CASE WHEN d.objsubid = ANY (k.keys)
+                    THEN 'a key column of' ELSE 'one of the columns sent by' END AS what
+          FROM pg_event_trigger_dropped_objects() d
+          JOIN batchkit.capture c ON c.source::oid = d.objid
+          JOIN batchkit.sink s ON s.sink_id = c.sink_id
+          LEFT JOIN LATERAL (
+              SELECT string_to_array(encode(t.tgargs, 'escape'), '\000') AS args
+                FROM pg_trigger t
+               WHERE t.tgrelid = d.objid AND t.tgnargs = 5
+                 AND t.tgname LIKE format('batchkit\_capture\_%s\_%%', c.capture_id)
+               LIMIT 1) a ON true
+          CROSS JOIN LATERAL (
+              SELECT CASE WHEN c.key_attnums IS NOT NULL
+                          THEN batchkit._column_list_attnums(c.key_attnums)
+                          ELSE string_to_array(a.args[4], ',')::smallint[] END AS keys,
+                     CASE WHEN c.key_attnums IS NOT NULL
+                          THEN coalesce(batchkit._column_list_attnums(c.column_attnums), '{}')
+                          ELSE string_to_array(a.args[5], ',')::smallint[] END AS cols) k
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid > 0
+           AND d.objsubid = ANY (k.keys || k.cols)
+    LOOP
+        RAISE EXCEPTION 'cannot drop column "%" of table %: it is % its capture into batchkit sink "%"',
+                r.col, r.source, r.what, r.sink
+            USING ERRCODE = '2BP01',
+                  HINT = format('Run batchkit.uncapture(%L, %L) first, and batchkit.capture() again after the change.',
+                                r.source::text, r.sink);
+    END LOOP;
+
+    DELETE FROM batchkit.capture c
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND c.source::oid = d.objid;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM batchkit._catalog_changed();
+    END IF;
 END
 $fn$;
 

@@ -107,6 +107,8 @@ CREATE TYPE batchkit.column_list (
 CREATE FUNCTION batchkit._column_list(source regclass, attnums smallint[])
     RETURNS batchkit.column_list
     AS 'MODULE_PATHNAME', 'batchkit_column_list_make' LANGUAGE C IMMUTABLE STRICT;
+CREATE FUNCTION batchkit._column_list_attnums(batchkit.column_list) RETURNS smallint[]
+    AS 'MODULE_PATHNAME', 'batchkit_column_list_attnums' LANGUAGE C IMMUTABLE STRICT;
 
 -- What is captured: one row per (source table, sink).
 CREATE TABLE batchkit.capture (

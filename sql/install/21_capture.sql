@@ -228,8 +228,10 @@ GRANT EXECUTE ON FUNCTION batchkit._drop_capture(integer) TO batchkit_admin;
 -- made every later write of the table fail in the capture trigger. This sql_drop event
 -- trigger forgets the captures of dropped tables (their queued rows are still delivered:
 -- a chunk carries its table's name and column layout) and refuses the DROP COLUMN itself,
--- so application writes never start failing later. The columns a capture needs are read
--- from its triggers' arguments (attribute numbers), which stay right across RENAME COLUMN.
+-- so application writes never start failing later. The columns a capture needs are those
+-- the capture trigger uses: batchkit.capture's key_attnums / column_attnums (attribute
+-- numbers, which stay right across RENAME COLUMN, and by name in a dump), or for captures
+-- recorded without them, its triggers' arguments.
 -- SECURITY DEFINER: it runs for every role's DROP, and it only ever deletes the captures of
 -- tables that pg_event_trigger_dropped_objects() reports dropped by this very command.
 CREATE FUNCTION batchkit._on_sql_drop() RETURNS event_trigger
@@ -240,20 +242,26 @@ DECLARE
 BEGIN
     FOR r IN
         SELECT d.objid::regclass AS source, d.address_names[3] AS col, s.name AS sink,
-               CASE WHEN d.objsubid::text = ANY (string_to_array(a.args[4], ','))
+               CASE WHEN d.objsubid = ANY (k.keys)
                     THEN 'a key column of' ELSE 'one of the columns sent by' END AS what
           FROM pg_event_trigger_dropped_objects() d
           JOIN batchkit.capture c ON c.source::oid = d.objid
           JOIN batchkit.sink s ON s.sink_id = c.sink_id
-          CROSS JOIN LATERAL (
+          LEFT JOIN LATERAL (
               SELECT string_to_array(encode(t.tgargs, 'escape'), '\000') AS args
                 FROM pg_trigger t
                WHERE t.tgrelid = d.objid AND t.tgnargs = 5
                  AND t.tgname LIKE format('batchkit\_capture\_%s\_%%', c.capture_id)
-               LIMIT 1) a
+               LIMIT 1) a ON true
+          CROSS JOIN LATERAL (
+              SELECT CASE WHEN c.key_attnums IS NOT NULL
+                          THEN batchkit._column_list_attnums(c.key_attnums)
+                          ELSE string_to_array(a.args[4], ',')::smallint[] END AS keys,
+                     CASE WHEN c.key_attnums IS NOT NULL
+                          THEN coalesce(batchkit._column_list_attnums(c.column_attnums), '{}')
+                          ELSE string_to_array(a.args[5], ',')::smallint[] END AS cols) k
          WHERE d.classid = 'pg_class'::regclass AND d.objsubid > 0
-           AND d.objsubid::text = ANY (string_to_array(a.args[4], ',')
-                                       || string_to_array(a.args[5], ','))
+           AND d.objsubid = ANY (k.keys || k.cols)
     LOOP
         RAISE EXCEPTION 'cannot drop column "%" of table %: it is % its capture into batchkit sink "%"',
                 r.col, r.source, r.what, r.sink

@@ -34,6 +34,7 @@
 PG_FUNCTION_INFO_V1(batchkit_column_list_in);
 PG_FUNCTION_INFO_V1(batchkit_column_list_out);
 PG_FUNCTION_INFO_V1(batchkit_column_list_make);
+PG_FUNCTION_INFO_V1(batchkit_column_list_attnums);
 
 /* The name of a column that exists and is not dropped, else NULL. */
 static char *
@@ -173,4 +174,16 @@ batchkit_column_list_make(PG_FUNCTION_ARGS)
 		cl->attnums[i] = DatumGetInt16(elems[i]);
 	}
 	PG_RETURN_POINTER(cl);
+}
+
+/* batchkit._column_list_attnums(batchkit.column_list): the numbers (the sql_drop event trigger) */
+Datum
+batchkit_column_list_attnums(PG_FUNCTION_ARGS)
+{
+	BkColumnList *cl = (BkColumnList *) PG_DETOAST_DATUM(PG_GETARG_DATUM(0));
+	Datum	   *elems = palloc(sizeof(Datum) * Max(cl->natts, 1));
+
+	for (int i = 0; i < cl->natts; i++)
+		elems[i] = Int16GetDatum(cl->attnums[i]);
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, cl->natts, INT2OID, 2, true, TYPALIGN_SHORT));
 }

@@ -247,6 +247,11 @@ def test_a_restore_carries_everything_and_delivers_the_waiting_rows(services, ne
             assert sorted((m["headers"]["idempotency_key"], m["value"]) for m in kafka) == \
                 sorted((f"dr_k:{seq}", message) for seq, _s, _k, message in expected_k)
             assert q(new, "SELECT count(*) FROM batchkit.queue")[0][0] == 0
+            # the sql_drop guard knows the restored numbers too: email is now column 2
+            with pytest.raises(psycopg2.errors.DependentObjectsStillExist) as e:
+                q(new, "ALTER TABLE dr_accounts DROP COLUMN email")
+            assert "a key column of its capture" in str(e.value)
+            q(new, "ALTER TABLE dr_accounts DROP COLUMN id")    # not captured: it may go
         finally:
             new.close()
     finally:
