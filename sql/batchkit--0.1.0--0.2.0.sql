@@ -6,67 +6,11 @@
 -- The library (batchkit.so) serves databases still at 0.1.0 until they are updated.
 \echo Use "ALTER EXTENSION batchkit UPDATE TO '0.2.0'" to load this file. \quit
 
--- === catalog hygiene (begin) ===
--- DDL that would leave a capture broken. DROP TABLE of a captured table takes its triggers
--- with it but left its capture row behind (its source then showed a bare OID); ALTER TABLE
--- ... DROP COLUMN of a column a capture needs (a key column, or one named in `columns`)
--- made every later write of the table fail in the capture trigger. This sql_drop event
--- trigger forgets the captures of dropped tables (their queued rows are still delivered:
--- a chunk carries its table's name and column layout) and refuses the DROP COLUMN itself,
--- so application writes never start failing later. The columns a capture needs are read
--- from its triggers' arguments (attribute numbers), which stay right across RENAME COLUMN.
--- SECURITY DEFINER: it runs for every role's DROP, and it only ever deletes the captures of
--- tables that pg_event_trigger_dropped_objects() reports dropped by this very command.
-CREATE FUNCTION batchkit._on_sql_drop() RETURNS event_trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-    r record;
-    n integer;
-BEGIN
-    FOR r IN
-        SELECT d.objid::regclass AS source, d.address_names[3] AS col, s.name AS sink,
-               CASE WHEN d.objsubid::text = ANY (string_to_array(a.args[4], ','))
-                    THEN 'a key column of' ELSE 'one of the columns sent by' END AS what
-          FROM pg_event_trigger_dropped_objects() d
-          JOIN batchkit.capture c ON c.source::oid = d.objid
-          JOIN batchkit.sink s ON s.sink_id = c.sink_id
-          CROSS JOIN LATERAL (
-              SELECT string_to_array(encode(t.tgargs, 'escape'), '\000') AS args
-                FROM pg_trigger t
-               WHERE t.tgrelid = d.objid AND t.tgnargs = 5
-                 AND t.tgname LIKE format('batchkit\_capture\_%s\_%%', c.capture_id)
-               LIMIT 1) a
-         WHERE d.classid = 'pg_class'::regclass AND d.objsubid > 0
-           AND d.objsubid::text = ANY (string_to_array(a.args[4], ',')
-                                       || string_to_array(a.args[5], ','))
-    LOOP
-        RAISE EXCEPTION 'cannot drop column "%" of table %: it is % its capture into batchkit sink "%"',
-                r.col, r.source, r.what, r.sink
-            USING ERRCODE = '2BP01',
-                  HINT = format('Run batchkit.uncapture(%L, %L) first, and batchkit.capture() again after the change.',
-                                r.source::text, r.sink);
-    END LOOP;
-
-    DELETE FROM batchkit.capture c
-     USING pg_event_trigger_dropped_objects() d
-     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND c.source::oid = d.objid;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        PERFORM batchkit._catalog_changed();
-    END IF;
-END
-$fn$;
-REVOKE ALL ON FUNCTION batchkit._on_sql_drop() FROM PUBLIC;
-
-CREATE EVENT TRIGGER batchkit_sql_drop ON sql_drop
-    EXECUTE FUNCTION batchkit._on_sql_drop();
-COMMENT ON EVENT TRIGGER batchkit_sql_drop IS
-    'Forgets the captures of dropped tables; refuses dropping a column a capture needs';
-
+-- === forget the captures of tables dropped under 0.1.0 (begin) ===
 -- The captures of tables dropped while 0.1.0 was installed (their source shows a bare OID).
 DELETE FROM batchkit.capture c
  WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = c.source::oid);
--- === catalog hygiene (end) ===
+-- === (end) ===
 
 -- === readable statistics (begin) ===
 -- Averages, lags and durations shown to people at a fixed scale (0.1.0 printed the
@@ -302,8 +246,32 @@ BEGIN
 END
 $fn$;
 
--- the event trigger of "catalog hygiene" reads the capture's recorded columns first
-CREATE OR REPLACE FUNCTION batchkit._on_sql_drop() RETURNS event_trigger
+-- pg_dump keeps the queue's segments, the chunk id sequence (seq and idempotency
+-- keys continue above the dumped ones), the capture id sequence, the dead
+-- letters and their id sequence (sinks, secrets and captures already were)
+SELECT pg_catalog.pg_extension_config_dump('batchkit.capture_capture_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_0', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_1', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_2', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.chunk_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.dead_letter', '');
+SELECT pg_catalog.pg_extension_config_dump('batchkit.dead_letter_dead_letter_id_seq', '');
+-- === dump/restore (end) ===
+
+-- === catalog hygiene (begin) ===
+-- DDL that would leave a capture broken. DROP TABLE of a captured table takes its triggers
+-- with it but left its capture row behind (its source then showed a bare OID); ALTER TABLE
+-- ... DROP COLUMN of a column a capture needs (a key column, or one named in `columns`)
+-- made every later write of the table fail in the capture trigger. This sql_drop event
+-- trigger forgets the captures of dropped tables (their queued rows are still delivered:
+-- a chunk carries its table's name and column layout) and refuses the DROP COLUMN itself,
+-- so application writes never start failing later. The columns a capture needs are those
+-- the capture trigger uses: batchkit.capture's key_attnums / column_attnums (attribute
+-- numbers, which stay right across RENAME COLUMN, and by name in a dump), or for captures
+-- recorded without them, its triggers' arguments.
+-- SECURITY DEFINER: it runs for every role's DROP, and it only ever deletes the captures of
+-- tables that pg_event_trigger_dropped_objects() reports dropped by this very command.
+CREATE FUNCTION batchkit._on_sql_drop() RETURNS event_trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     r record;
@@ -349,14 +317,10 @@ BEGIN
 END
 $fn$;
 
--- pg_dump keeps the queue's segments, the chunk id sequence (seq and idempotency
--- keys continue above the dumped ones), the capture id sequence, the dead
--- letters and their id sequence (sinks, secrets and captures already were)
-SELECT pg_catalog.pg_extension_config_dump('batchkit.capture_capture_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_0', '');
-SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_1', '');
-SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_2', '');
-SELECT pg_catalog.pg_extension_config_dump('batchkit.chunk_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('batchkit.dead_letter', '');
-SELECT pg_catalog.pg_extension_config_dump('batchkit.dead_letter_dead_letter_id_seq', '');
--- === dump/restore (end) ===
+REVOKE ALL ON FUNCTION batchkit._on_sql_drop() FROM PUBLIC;
+
+CREATE EVENT TRIGGER batchkit_sql_drop ON sql_drop
+    EXECUTE FUNCTION batchkit._on_sql_drop();
+COMMENT ON EVENT TRIGGER batchkit_sql_drop IS
+    'Forgets the captures of dropped tables; refuses dropping a column a capture needs';
+-- === catalog hygiene (end) ===
