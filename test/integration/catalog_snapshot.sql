@@ -91,8 +91,12 @@ WITH ext AS (
       FROM rel c JOIN pg_catalog.pg_sequence s ON s.seqrelid = c.oid
     UNION ALL
     -- types, schemas, event triggers
-    SELECT format('type %s: %s owner %s acl %s', t.oid::regtype, t.typtype, t.typowner::regrole,
-                  (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(t.typacl) x))
+    SELECT format('type %s: %s len %s align %s storage %s input %s output %s receive %s send %s owner %s acl %s comment %L',
+                  t.oid::regtype, t.typtype, t.typlen, t.typalign, t.typstorage,
+                  t.typinput::regproc, t.typoutput::regproc, t.typreceive::regproc,
+                  t.typsend::regproc, t.typowner::regrole,
+                  (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(t.typacl) x),
+                  pg_catalog.obj_description(t.oid, 'pg_type'))
       FROM pg_catalog.pg_type t JOIN member m
         ON m.classid = 'pg_catalog.pg_type'::regclass AND m.objid = t.oid
     UNION ALL
