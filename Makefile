@@ -8,12 +8,13 @@
 #                        make bench BENCH_ARGS=--quick for a ~5 min smoke run (bench/out/quick)
 #
 # The C++ core is built by CMake as a Postgres-free static library (build/core) and
-# linked into batchkit.so; only src/shim/*.c sees postgres.h.
+# linked into batchkit.so; only the C shim (src/shim/, one folder per concern) sees
+# postgres.h.
 
 EXTENSION    = batchkit
 EXTVERSION   = 0.2.0
 MODULE_big   = batchkit
-SHIM_SRCS    = $(sort $(wildcard src/shim/*.c))
+SHIM_SRCS    = $(sort $(wildcard src/shim/*.c src/shim/*/*.c))
 OBJS         = $(SHIM_SRCS:.c=.o)
 # Releases (see "Upgrading" in the README and CHANGELOG.md):
 #   sql/install/*.sql             the current version's objects; assembled into the
@@ -33,7 +34,9 @@ CORE_BUILD   = build/core
 CORE_LIB     = $(CORE_BUILD)/libbatchkit_core.a
 CORE_SRCS    = $(shell find src/core include -name '*.cpp' -o -name '*.hpp' -o -name '*.h' 2>/dev/null) CMakeLists.txt
 
-PG_CPPFLAGS  = -I$(CURDIR)/include -Werror -Wall -Wmissing-prototypes
+# -Isrc/shim: shim headers are named from the shim's root in every folder
+# (#include "batchkit.h", #include "queue/chunk.h").
+PG_CPPFLAGS  = -I$(CURDIR)/include -I$(CURDIR)/src/shim -Werror -Wall -Wmissing-prototypes
 SHLIB_LINK   = $(CORE_LIB) -lrdkafka -lhiredis -lstdc++ -lpthread
 EXTRA_CLEAN  = $(CORE_BUILD) $(DATA_built) results regression.diffs regression.out
 
@@ -56,7 +59,7 @@ $(CORE_LIB): $(CORE_SRCS)
 	cmake --build $(CORE_BUILD) --target batchkit_core -j2
 
 $(shlib): $(CORE_LIB)
-$(OBJS): $(wildcard include/batchkit/*.h) $(wildcard src/shim/*.h)
+$(OBJS): $(wildcard include/batchkit/*.h) $(wildcard src/shim/*.h src/shim/*/*.h)
 
 .PHONY: demo test core bench
 core: $(CORE_LIB)

@@ -42,7 +42,7 @@
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 
-#include "upsert.h"
+#include "upsert/upsert.h"
 
 void
 bk_exec_statement(const char *sql, QueryEnvironment *qenv, bk_upsert_sql_kind kind,

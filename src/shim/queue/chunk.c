@@ -22,7 +22,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
-#include "chunk.h"
+#include "queue/chunk.h"
 
 static void
 pad_maxalign(StringInfo buf)

@@ -50,8 +50,8 @@
 #include "utils/memutils.h"
 
 #include "batchkit.h"
-#include "chunk.h"
-#include "consume.h"
+#include "queue/chunk.h"
+#include "queue/consume.h"
 
 PG_FUNCTION_INFO_V1(batchkit_chunk_in);
 PG_FUNCTION_INFO_V1(batchkit_chunk_out);

@@ -30,7 +30,7 @@
 #include "utils/timestamp.h"
 
 #include "batchkit.h"
-#include "upsert.h"
+#include "upsert/upsert.h"
 
 #define BK_UPSERT_STATS_MAX 1000
 

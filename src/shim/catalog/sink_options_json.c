@@ -18,7 +18,7 @@
 #include "utils/numeric.h"
 
 #include "batchkit/sink_options.h"
-#include "sink_catalog.h"
+#include "catalog/sink_catalog.h"
 
 void
 bk_jsonb_require_object(Jsonb *jb, const char *what)

@@ -60,7 +60,7 @@
 #include "utils/tuplestore.h"
 
 #include "batchkit/upsert.h"
-#include "upsert.h"
+#include "upsert/upsert.h"
 
 PG_FUNCTION_INFO_V1(batchkit_upsert_jsonb);
 PG_FUNCTION_INFO_V1(batchkit_upsert_array);

@@ -38,7 +38,7 @@
 #include "lib/stringinfo.h"
 #include "utils/timestamp.h"
 
-#include "chunk.h"
+#include "queue/chunk.h"
 
 #define BK_FORMAT_ENVELOPE 0
 #define BK_FORMAT_ROW 1

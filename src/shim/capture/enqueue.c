@@ -21,7 +21,7 @@
 #include "pgstat.h"
 
 #include "batchkit.h"
-#include "chunk.h"
+#include "queue/chunk.h"
 
 PG_FUNCTION_INFO_V1(batchkit_enqueue);
 PG_FUNCTION_INFO_V1(batchkit_enqueue_many);

@@ -53,7 +53,7 @@
 #include "batchkit/net_probe.h"
 #include "batchkit/sink_options.h"
 #include "batchkit.h"
-#include "sink_catalog.h"
+#include "catalog/sink_catalog.h"
 
 /* How long create_sink/alter_sink wait for the sink's server to answer. */
 #define BK_SINK_PROBE_TIMEOUT_MS 1000

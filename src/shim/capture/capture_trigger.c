@@ -43,7 +43,7 @@
 #include "utils/tuplestore.h"
 
 #include "batchkit.h"
-#include "chunk.h"
+#include "queue/chunk.h"
 
 PG_FUNCTION_INFO_V1(batchkit_capture_trigger);
 

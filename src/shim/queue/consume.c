@@ -23,7 +23,7 @@
 #include "utils/timestamp.h"
 
 #include "batchkit.h"
-#include "consume.h"
+#include "queue/consume.h"
 
 PG_FUNCTION_INFO_V1(batchkit_claim_batch);
 PG_FUNCTION_INFO_V1(batchkit_ack_batch);

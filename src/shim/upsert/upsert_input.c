@@ -39,7 +39,7 @@
 #include "utils/numeric.h"
 #include "utils/typcache.h"
 
-#include "upsert.h"
+#include "upsert/upsert.h"
 
 BkInputPos	bk_input_pos = {-1, NULL};
 

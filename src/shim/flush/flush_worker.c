@@ -80,7 +80,7 @@
 #include "batchkit/flush_policy.h"
 #include "batchkit/sink.h"
 #include "batchkit.h"
-#include "consume.h"
+#include "queue/consume.h"
 
 #define BK_MAX_SINKS_PER_DB 256
 #define BK_MAINTAIN_INTERVAL_MS 1000
