@@ -1,11 +1,39 @@
 /*
- * batchkit.h — declarations shared by the C shim's files.
+ * batchkit.h — what every file of the C shim shares: the shared-memory layout
+ * and the GUCs of module.c. Each concern declares what it exports in a header
+ * of its own folder. Shim headers are named by their path from src/shim, from
+ * every folder including their own (#include "queue/queue.h"; the Makefile
+ * puts src/shim on the include path).
  *
  * The shim is the only code that includes postgres.h. It owns shared memory,
  * GUCs, background workers and SQL entry points, and calls the C++ core only
  * through the headers in include/batchkit.
  *
- * Shared memory and locking contract (see shmem.c):
+ * Folders, and the one direction their dependencies go: a file includes the
+ * headers of its own folder and of the folders it points to below, never of a
+ * folder above it (files of one folder may use each other):
+ *
+ *   module.c   _PG_init: GUCs, hooks, the launcher    -> every folder
+ *   flush/     the launcher, the flush worker, the
+ *              utility hook (workers leave a database) -> metrics, queue, shmem
+ *   catalog/   batchkit.sink and its options           -> queue
+ *   capture/   capture trigger, enqueue(), column_list -> queue, shmem
+ *   metrics/   sink_stats, metrics(), /metrics (HTTP)  -> queue, shmem
+ *   upsert/    batch_upsert and its statistics         -> shmem
+ *   queue/     the durable queue: write, chunks,
+ *              claim and acknowledge batches           -> shmem
+ *   shmem/     shared memory, worker and sink slots,
+ *              the statistics file                     -> (batchkit.h only)
+ *   sql_info.c version(), the workers view             -> shmem
+ *
+ * Every file may include batchkit.h (this file: the shared-memory layout, the
+ * GUC variables of module.c). Nothing outside flush/ and module.c calls a
+ * worker: the queue wakes the launcher and the flush workers through shmem/
+ * (bk_wake_launcher, bk_wake_database). catalog/ is also the name of a
+ * PostgreSQL include directory: no file in it may share a name with one of
+ * PostgreSQL's catalog headers.
+ *
+ * Shared memory and locking contract (see shmem/shmem.c):
  *   - BkShared lives in the main shared memory segment, sized from
  *     batchkit.max_workers at postmaster start (PGC_POSTMASTER).
  *   - BkShared->lock (an LWLock of tranche "batchkit") protects the worker
@@ -122,78 +150,11 @@ typedef struct BkShared {
     BkWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } BkShared;
 
-/* batchkit.column_list (column_list.c): columns of one table by attribute number */
-typedef struct BkColumnList {
-    int32 vl_len_;             /* varlena header */
-    Oid relid;
-    int32 natts;
-    int16 attnums[FLEXIBLE_ARRAY_MEMBER]; /* 0: a column dropped before a restore */
-} BkColumnList;
-
 /* GUCs (module.c) */
 extern int bk_max_workers;
 extern int bk_max_sinks;
 extern int bk_chunk_records;
 extern int bk_naptime_ms;
 extern bool bk_launcher_enabled;
-
-/* shmem.c */
-extern BkShared *bk_shared;
-extern void bk_shmem_install_hooks(void);
-extern void bk_require_shmem(void);
-extern BkWorkerSlot *bk_slot_claim(char kind, Oid dboid);
-extern void bk_slot_set_state(BkWorkerSlot *slot, const char *state, const char *sink);
-extern BkSinkSlot *bk_sink_slot(Oid dboid, int32 sink_id, bool create);
-extern void bk_sink_slot_forget(Oid dboid, int32 sink_id);
-extern int bk_sink_slot_ids(Oid dboid, int32 *ids, int max);
-extern void bk_wake_database(Oid dboid);
-extern void bk_request_reload(Oid dboid);
-extern void bk_wake_worker_at_commit(void);
-extern void bk_note_restoring(void);
-extern bool bk_restore_pending(Oid dboid);
-extern void bk_forget_depths(Oid dboid);
-
-/* queue.c */
-struct _SPI_plan;
-extern struct _SPI_plan *bk_keep_plan(struct _SPI_plan **slot, const char *sql, int nargs,
-                                      Oid *argtypes);
-extern void bk_queue_init_backend(void);
-extern uint64 bk_sink_depth(int32 sink_id, bool *known);
-extern uint64 bk_queue_rebuild_depth(BkSinkSlot *slot, int32 sink_id);
-extern void bk_queue_note_enqueued(int32 sink_id, uint64 nrecords);
-extern void bk_queue_note_acked(int32 sink_id, uint64 nrecords);
-extern bool bk_queue_needs_spi(int32 sink_id);
-extern void bk_queue_check_backpressure(int32 sink_id, uint64 adding);
-extern void bk_queue_insert_chunk(int32 sink_id, Oid source, const char *data, int len,
-                                  uint32 nrecords);
-extern Oid bk_queue_owner(void);
-extern void bk_begin_as_owner(Oid *save_userid, int *save_sec);
-extern void bk_end_as_owner(Oid save_userid, int save_sec);
-extern void bk_invalidate_catalog_cache(void);
-extern void bk_wake_launcher_at_commit(void);
-extern int32 bk_lookup_sink_id(const char *name, bool missing_ok);
-
-/* upsert_stats.c: per-target batch_upsert statistics (own shmem hooks) */
-extern void bk_upsert_stats_install_hooks(void);
-
-/* metrics.c: the flush worker publishes gauges for the /metrics endpoint */
-extern void bk_metrics_publish_gauges(void);
-
-/* metrics_http.c: the launcher's optional /metrics endpoint */
-extern int bk_metrics_port;
-extern char *bk_metrics_listen_address;
-extern void bk_metrics_http_define_gucs(void);
-extern int bk_metrics_http_wait(long timeout_ms);
-
-/* launcher.c */
-extern void bk_register_launcher(void);
-extern void bk_wake_launcher(void);
-PGDLLEXPORT void batchkit_launcher_main(Datum main_arg);
-
-/* utility_hook.c */
-extern void bk_install_utility_hook(void);
-
-/* flush_worker.c */
-PGDLLEXPORT void batchkit_flush_worker_main(Datum main_arg);
 
 #endif /* BATCHKIT_SHIM_H */

@@ -12,6 +12,10 @@
 #include "utils/guc.h"
 
 #include "batchkit.h"
+#include "shmem/shmem.h"
+#include "metrics/metrics.h"
+#include "flush/flush.h"
+#include "upsert/upsert.h"
 
 PG_MODULE_MAGIC;
 

@@ -14,6 +14,7 @@
 
 #include "batchkit/core.h"
 #include "batchkit.h"
+#include "shmem/shmem.h"
 
 PG_FUNCTION_INFO_V1(batchkit_version);
 PG_FUNCTION_INFO_V1(batchkit_workers);

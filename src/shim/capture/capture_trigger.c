@@ -42,8 +42,10 @@
 #include "utils/rel.h"
 #include "utils/tuplestore.h"
 
-#include "batchkit.h"
+#include "shmem/shmem.h"
+#include "queue/queue.h"
 #include "queue/chunk.h"
+#include "capture/capture.h"
 
 PG_FUNCTION_INFO_V1(batchkit_capture_trigger);
 

@@ -29,7 +29,7 @@
 #include "access/htup_details.h"
 #include "catalog/pg_attribute.h"
 
-#include "batchkit.h"
+#include "capture/capture.h"
 
 PG_FUNCTION_INFO_V1(batchkit_column_list_in);
 PG_FUNCTION_INFO_V1(batchkit_column_list_out);

@@ -20,7 +20,8 @@
 #include "utils/jsonb.h"
 #include "pgstat.h"
 
-#include "batchkit.h"
+#include "shmem/shmem.h"
+#include "queue/queue.h"
 #include "queue/chunk.h"
 
 PG_FUNCTION_INFO_V1(batchkit_enqueue);

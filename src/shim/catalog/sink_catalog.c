@@ -52,7 +52,7 @@
 
 #include "batchkit/net_probe.h"
 #include "batchkit/sink_options.h"
-#include "batchkit.h"
+#include "queue/queue.h"
 #include "catalog/sink_catalog.h"
 
 /* How long create_sink/alter_sink wait for the sink's server to answer. */

@@ -79,8 +79,11 @@
 #include "batchkit/encoding.h"
 #include "batchkit/flush_policy.h"
 #include "batchkit/sink.h"
-#include "batchkit.h"
+#include "shmem/shmem.h"
+#include "queue/queue.h"
 #include "queue/consume.h"
+#include "metrics/metrics.h"
+#include "flush/flush.h"
 
 #define BK_MAX_SINKS_PER_DB 256
 #define BK_MAINTAIN_INTERVAL_MS 1000

@@ -39,7 +39,9 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 
-#include "batchkit.h"
+#include "shmem/shmem.h"
+#include "metrics/metrics.h"
+#include "flush/flush.h"
 
 #define BK_LAUNCHER_RESTART_SECS 1
 #define BK_RECHECK_SECS 10
@@ -66,23 +68,6 @@ bk_register_launcher(void)
     strlcpy(worker.bgw_name, "batchkit launcher", BGW_MAXLEN);
     strlcpy(worker.bgw_type, "batchkit launcher", BGW_MAXLEN);
     RegisterBackgroundWorker(&worker);
-}
-
-/* Set the launcher's latch and make it retry every database now. */
-void
-bk_wake_launcher(void)
-{
-	Latch	   *latch = NULL;
-
-	if (bk_shared == NULL)
-		return;
-	LWLockAcquire(bk_shared->lock, LW_SHARED);
-	if (bk_shared->slots[0].in_use)
-		latch = bk_shared->slots[0].latch;
-	bk_shared->recheck_generation++;	/* benign race: any change means "recheck" */
-	LWLockRelease(bk_shared->lock);
-	if (latch)
-		SetLatch(latch);
 }
 
 static bool

@@ -22,8 +22,9 @@
 #include "tcop/utility.h"
 #include "utils/timestamp.h"
 
-#include "batchkit.h"
-#include "sink_stats.h"
+#include "shmem/shmem.h"
+#include "metrics/metrics.h"
+#include "flush/flush.h"
 
 static ProcessUtility_hook_type prev_utility_hook = NULL;
 

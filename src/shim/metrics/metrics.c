@@ -60,8 +60,9 @@
 #include "batchkit/encoding.h"
 #include "batchkit/histogram.h"
 #include "batchkit/metrics.h"
-#include "batchkit.h"
-#include "sink_stats.h"
+#include "shmem/shmem.h"
+#include "queue/queue.h"
+#include "metrics/metrics.h"
 
 #define BK_GAUGES_INTERVAL_MS 1000
 

@@ -54,8 +54,7 @@
 
 #include "batchkit/encoding.h"
 #include "batchkit/metrics.h"
-#include "batchkit.h"
-#include "sink_stats.h"
+#include "metrics/metrics.h"
 
 #define BK_HTTP_MAX_LISTEN 4
 #define BK_HTTP_MAX_CLIENTS 16

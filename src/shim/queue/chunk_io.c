@@ -49,7 +49,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
-#include "batchkit.h"
+#include "shmem/shmem.h"
 #include "queue/chunk.h"
 #include "queue/consume.h"
 

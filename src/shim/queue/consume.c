@@ -22,7 +22,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "batchkit.h"
+#include "queue/queue.h"
 #include "queue/consume.h"
 
 PG_FUNCTION_INFO_V1(batchkit_claim_batch);

@@ -50,7 +50,8 @@
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
-#include "batchkit.h"
+#include "shmem/shmem.h"
+#include "queue/queue.h"
 
 typedef struct PendingCount
 {

@@ -22,8 +22,7 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
-#include "batchkit.h"
-#include "sink_stats.h"
+#include "shmem/shmem.h"
 
 BkShared *bk_shared = NULL;
 
@@ -319,6 +318,23 @@ wake_flush_worker(Oid dboid, bool reload)
             break;
         }
     }
+    LWLockRelease(bk_shared->lock);
+    if (latch)
+        SetLatch(latch);
+}
+
+/* Set the launcher's latch and make it retry every database now. */
+void
+bk_wake_launcher(void)
+{
+    Latch *latch = NULL;
+
+    if (bk_shared == NULL)
+        return;
+    LWLockAcquire(bk_shared->lock, LW_SHARED);
+    if (bk_shared->slots[0].in_use)
+        latch = bk_shared->slots[0].latch;
+    bk_shared->recheck_generation++; /* benign race: any change means "recheck" */
     LWLockRelease(bk_shared->lock);
     if (latch)
         SetLatch(latch);

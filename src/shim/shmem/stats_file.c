@@ -39,8 +39,7 @@
 #include "utils/timestamp.h"
 
 #include "batchkit/histogram.h"
-#include "batchkit.h"
-#include "sink_stats.h"
+#include "shmem/shmem.h"
 
 #define BK_STATS_FILE		PGSTAT_STAT_PERMANENT_DIRECTORY "/batchkit.stat"
 #define BK_STATS_MAGIC		0x424b5354	/* "BKST" */

@@ -117,7 +117,8 @@ extern void bk_exec_statement(const char *sql, QueryEnvironment *qenv, bk_upsert
 extern bool bk_exec_merge_or_fallback(const char *merge_sql, const char *fallback_sql,
 									  QueryEnvironment *qenv, BkStmtResult *res);
 
-/* upsert_stats.c */
+/* upsert_stats.c: per-target batch_upsert statistics (own shmem hooks) */
+extern void bk_upsert_stats_install_hooks(void);
 extern void bk_upsert_stats_record(Oid relid, uint64 rows_in, uint64 inserted,
 								   uint64 updated, double elapsed_ms, bool raced);
 

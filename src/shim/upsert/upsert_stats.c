@@ -29,7 +29,7 @@
 #include "utils/hsearch.h"
 #include "utils/timestamp.h"
 
-#include "batchkit.h"
+#include "shmem/shmem.h"
 #include "upsert/upsert.h"
 
 #define BK_UPSERT_STATS_MAX 1000
