@@ -1,7 +1,7 @@
 /*
  * batchkit/upsert.h — the Postgres-free half of batchkit.batch_upsert.
  *
- * The shim (src/shim/upsert*.c) reads the catalogs and the input; the core
+ * The shim (src/shim/upsert/upsert*.c) reads the catalogs and the input; the core
  * decides which columns are conflict, insert and update columns (validating the
  * caller's options with the messages users see) and writes the SQL statements
  * the shim executes. Every identifier the core writes is double-quoted, so any

@@ -7,7 +7,7 @@
 -- of the secret options; only superusers can read it. Overlaying sink_secret's
 -- options on sink's gives the user's option set back.
 --
--- The functions are C (src/shim/sink_catalog.c), SECURITY INVOKER on purpose:
+-- The functions are C (src/shim/catalog/sink_catalog.c), SECURITY INVOKER on purpose:
 -- they check the calling role themselves (superuser or member of
 -- batchkit_admin), then act as the catalog's owner, as a SECURITY DEFINER
 -- function would; see the comment at the top of sink_catalog.c for why.

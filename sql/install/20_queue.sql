@@ -1,7 +1,7 @@
 -- batchkit install script, part 20: the durable capture queue (tables only; the
 -- functions that write and read it are in 21_capture.sql and the C shim).
 --
--- Design (see README "Internals" and src/shim/queue.c):
+-- Design (see README "Internals" and src/shim/queue/queue.c):
 --   * one queue row = one CHUNK: up to batchkit.chunk_records records captured by
 --     one statement for one sink, packed in a compact binary form with a header
 --     describing how to decode them (so ALTER TABLE while rows wait is safe);
@@ -17,7 +17,7 @@ CREATE SEQUENCE batchkit.chunk_id_seq AS bigint CACHE 1;
 -- A chunk's type: stored exactly like bytea (the writers and the decoder see the
 -- same bytes), but its text form, which pg_dump writes, renders the records by
 -- type name and value text, and reads them back in the restored database: the
--- binary form holds type OIDs that mean nothing there (src/shim/chunk_io.c).
+-- binary form holds type OIDs that mean nothing there (src/shim/queue/chunk_io.c).
 CREATE TYPE batchkit.chunk;
 CREATE FUNCTION batchkit.chunk_in(cstring) RETURNS batchkit.chunk
     AS 'MODULE_PATHNAME', 'batchkit_chunk_in' LANGUAGE C STABLE STRICT;
@@ -94,7 +94,7 @@ CREATE TABLE batchkit.sink_progress (
 );
 
 -- Columns of one table by attribute number, written by name in a dump and read
--- back by name, as regclass is for a table (src/shim/column_list.c): pg_dump
+-- back by name, as regclass is for a table (src/shim/capture/column_list.c): pg_dump
 -- renumbers the columns that follow a dropped one.
 CREATE TYPE batchkit.column_list;
 CREATE FUNCTION batchkit.column_list_in(cstring) RETURNS batchkit.column_list
@@ -138,7 +138,7 @@ REVOKE ALL ON batchkit.queue, batchkit.queue_0, batchkit.queue_1, batchkit.queue
 -- rows captured after a restore never repeat one of before the dump.
 -- Not kept: queue_state (one row, inserted above), inflight (the chunks of a
 -- batch in flight are simply claimed again) and sink_progress (a Redis sink
--- numbers its batches above the fence its data carries, flush_worker.c).
+-- numbers its batches above the fence its data carries, src/shim/flush/flush_worker.c).
 SELECT pg_catalog.pg_extension_config_dump('batchkit.capture', '');
 SELECT pg_catalog.pg_extension_config_dump('batchkit.capture_capture_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('batchkit.queue_0', '');

@@ -1,7 +1,7 @@
 -- batchkit install script, part 40: metrics — what a DBA sees of batching.
 --
 -- Counters and histograms live in shared memory (one slot per sink, written by
--- the flush worker; src/shim/metrics.c). The functions join them to the
+-- the flush worker; src/shim/metrics/metrics.c). The functions join them to the
 -- catalog, so every sink of this database shows, with zero counters until it
 -- first flushes. Needs shared_preload_libraries (otherwise the functions say so).
 -- Granted to pg_monitor and batchkit_admin; nothing here shows a secret:

@@ -9,7 +9,7 @@ The Redis reader is redis-py, which shares no code with batchkit.
 What is checked:
   - on a standby (in recovery) nothing of batchkit runs and nothing is
     delivered: the launcher and the flush workers are BgWorkerStart_
-    RecoveryFinished workers (src/shim/launcher.c), started by the postmaster
+    RecoveryFinished workers (src/shim/flush/launcher.c), started by the postmaster
     only once recovery has ended;
   - after promotion, without a restart, the launcher starts the flush worker
     and it delivers every committed row (Redis equals the table) and no rolled
