@@ -50,7 +50,7 @@ GRANT SELECT ON batchkit.upsert_stats TO pg_monitor, batchkit_admin;
 -- captures with their columns by name, the dead letters and the id sequences.
 
 -- The queue's payload becomes batchkit.chunk: the same bytes as bytea, with a
--- text form that a restore can read in another database (src/shim/chunk_io.c).
+-- text form that a restore can read in another database (src/shim/queue/chunk_io.c).
 CREATE TYPE batchkit.chunk;
 CREATE FUNCTION batchkit.chunk_in(cstring) RETURNS batchkit.chunk
     AS 'MODULE_PATHNAME', 'batchkit_chunk_in' LANGUAGE C STABLE STRICT;
@@ -81,7 +81,7 @@ END
 $bk$;
 
 -- Captures record their columns as batchkit.column_list (by number, by name in
--- a dump: src/shim/column_list.c); the capture trigger prefers them to the
+-- a dump: src/shim/capture/column_list.c); the capture trigger prefers them to the
 -- attribute numbers in its arguments, which a restore renumbers.
 CREATE TYPE batchkit.column_list;
 CREATE FUNCTION batchkit.column_list_in(cstring) RETURNS batchkit.column_list
