@@ -6,6 +6,14 @@
 -- The library (batchkit.so) serves databases still at 0.1.0 until they are updated.
 \echo Use "ALTER EXTENSION batchkit UPDATE TO '0.2.0'" to load this file. \quit
 
+-- The update takes exclusive locks on the queue and batchkit.capture, which writers of
+-- captured tables also lock (in another order). So that it never holds writers up for
+-- long nor makes one of them fail: it gives up after 5 s waiting for a lock (run it
+-- again), and it checks for deadlocks after 10 ms where writers wait deadlock_timeout,
+-- so in a deadlock it is the one aborted. (SET LOCAL: both end with its transaction.)
+SET LOCAL lock_timeout = '5s';
+SET LOCAL deadlock_timeout = '10ms';
+
 -- === forget the captures of tables dropped under 0.1.0 (begin) ===
 -- The captures of tables dropped while 0.1.0 was installed (their source shows a bare OID).
 DELETE FROM batchkit.capture c

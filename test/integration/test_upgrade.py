@@ -415,3 +415,64 @@ def test_library_and_extension_upgrade_from_0_1_0(services, old_library):
     finally:
         cluster.remove()
         redis.stop()
+
+
+def test_update_and_drop_while_writers_and_the_worker_are_busy(services):
+    """ALTER EXTENSION UPDATE while writers write captured tables and the worker
+    delivers: no writer fails, the worker steps aside and comes back, nothing is lost;
+    the script's lock settings end with it; DROP EXTENSION right after CREATE EXTENSION
+    (the worker starting) never deadlocks with the worker."""
+    import threading
+    name = "bk_upgrade_busy_" + uid()
+    c = new_database(services, name, "0.1.0")
+    errors, stop = [], threading.Event()
+    try:
+        q(c, "SET client_min_messages = error")
+        q(c, "SELECT batchkit.create_sink('busy', 'redis', %s)",
+          (json.dumps({"url": f"redis://127.0.0.1:{services['REDIS_PORT']}/0",
+                       "command": "hset", "key": name + ":{id}"}),))
+        q(c, "CREATE TABLE t (id int PRIMARY KEY, n int)")
+        q(c, "SELECT batchkit.capture('t', 'busy')")
+        q(c, "INSERT INTO t SELECT g, 0 FROM generate_series(1, 50) g")
+        before = q(c, "SELECT pid FROM batchkit.workers WHERE kind = 'flush'")
+
+        def writer(k):
+            w = connect(services, name)
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    q(w, "UPDATE t SET n = n + 1 WHERE id = %s", (k * 10 + i % 10 + 1,))
+                except psycopg2.Error as e:
+                    errors.append(str(e))
+            w.close()
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for th in threads:
+            th.start()
+        time.sleep(1)
+        q(c, "ALTER EXTENSION batchkit UPDATE")
+        assert q(c, "SHOW lock_timeout")[0][0] == "0"          # the script's settings ended
+        assert q(c, "SHOW deadlock_timeout")[0][0] == "1s"
+        time.sleep(1)
+        stop.set()
+        for th in threads:
+            th.join()
+        assert errors == []
+        assert q(c, "SELECT extversion FROM pg_extension WHERE extname = 'batchkit'")[0][0] == CURRENT
+        assert q(c, "SELECT batchkit.flush('busy', '60 s')")[0][0]
+        after = q(c, "SELECT pid FROM batchkit.workers WHERE kind = 'flush'")
+        assert after and after != before                        # it stepped aside and came back
+        import redis as redis_lib
+        r = redis_lib.Redis(host="127.0.0.1", port=int(services["REDIS_PORT"]))
+        for i, n in q(c, "SELECT id, n FROM t"):
+            assert r.hget(f"{name}:{i}", "n") == str(n).encode(), i
+        r.close()
+
+        for _ in range(5):                                       # worker starting each time
+            q(c, "DROP EXTENSION batchkit CASCADE")
+            q(c, "CREATE EXTENSION batchkit")
+        q(c, "DROP EXTENSION batchkit CASCADE")
+    finally:
+        stop.set()
+        c.close()
+        drop_database(services, name)

@@ -10,6 +10,14 @@
  * (up to 10 s), and tells the launcher not to start it again for a while
  * (bk_shared->evicted_*). The worker resumes on the launcher's next round if
  * the database still exists.
+ *
+ * DROP EXTENSION batchkit and ALTER EXTENSION batchkit (UPDATE) take exclusive
+ * locks on the queue and the catalog, in an order the worker's transactions do
+ * not follow: with the worker at work they could deadlock with it (seen:
+ * DROP EXTENSION aborted by the deadlock detector). The worker of the current
+ * database is asked to leave first in the same way; after an ALTER (or a
+ * failed DROP) the launcher may start it again at once (it waits for the
+ * command's locks, so it sees the committed result).
  */
 #include "postgres.h"
 
@@ -65,6 +73,36 @@ evict_worker(const char *dbname)
 	}
 }
 
+/* Is this DROP EXTENSION / ALTER EXTENSION about batchkit? */
+static bool
+is_batchkit_extension_command(Node *n)
+{
+	if (IsA(n, DropStmt) && ((DropStmt *) n)->removeType == OBJECT_EXTENSION)
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((DropStmt *) n)->objects)
+			if (strcmp(strVal(lfirst(lc)), "batchkit") == 0)
+				return true;
+	}
+	else if (IsA(n, AlterExtensionStmt))
+		return strcmp(((AlterExtensionStmt *) n)->extname, "batchkit") == 0;
+	return false;
+}
+
+/* Let the launcher start the database's worker again without waiting out the eviction. */
+static void
+end_eviction(Oid dboid)
+{
+	if (bk_shared == NULL)
+		return;
+	LWLockAcquire(bk_shared->lock, LW_EXCLUSIVE);
+	if (bk_shared->evicted_dboid == dboid)
+		bk_shared->evicted_dboid = InvalidOid;
+	LWLockRelease(bk_shared->lock);
+	bk_wake_launcher();
+}
+
 static void
 batchkit_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 				 ProcessUtilityContext context, ParamListInfo params,
@@ -93,6 +131,30 @@ batchkit_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 			if (strcmp(d->defname, "template") == 0 && d->arg)
 				evict_worker(defGetString(d));
 		}
+	}
+
+	if (is_batchkit_extension_command(n))
+	{
+		evict_worker(get_database_name(MyDatabaseId));
+		PG_TRY();
+		{
+			if (prev_utility_hook)
+				prev_utility_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv,
+								  dest, qc);
+			else
+				standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+										queryEnv, dest, qc);
+		}
+		PG_CATCH();
+		{
+			end_eviction(MyDatabaseId);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		/* after a DROP there is nothing to deliver: the eviction just runs out */
+		if (!IsA(n, DropStmt))
+			end_eviction(MyDatabaseId);
+		return;
 	}
 
 	if (prev_utility_hook)
