@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write bench/REPORT.md and bench/plots/*.png from one `make bench` run's JSON.
 
-Reads DIR/report-data/{run,upsert,capture,flush,metrics}.json (each also as
+Reads DIR/report-data/{run,upsert,capture,oltp,flush,metrics}.json (each also as
 .json.gz), as bench/run_all.py writes them; every figure in the report is computed
 here from those files (the only constants typed in are the issues' targets, in
 TARGETS). A benchmark that is missing or failed gets a line saying so.
@@ -30,6 +30,7 @@ TARGETS = {
     "drain_redis": (5, 300_000), "drain_kafka": (5, 400_000), "e2e": (5, 3.0),
     "steady_p50": (5, 20.0), "steady_p99": (5, 100.0), "memory_mb": (5, 100.0),
     "metrics_change": (6, 0.02),
+    "oltp_paused": (18, 0.92), "oltp_paused_pgq": (18, 1.2), "oltp_delivering": (18, 0.85),
 }
 CAPTURE_LABEL = {"none": "no capture (baseline)", "batchkit": "batchkit capture",
                  "row_trg": "PL/pgSQL row trigger -> outbox",
@@ -808,12 +809,73 @@ class Report:
                    f"{d['rows']:,} rows queued, from /proc): {rc['core_share_at_hz']:.2%} of one "
                    f"core at {d['hz']:g} Hz — the most the reader can take from the drain.", "")
 
+    # ---- issue 18: capture on a busy OLTP database ------------------------------------------
+    def oltp(self):
+        d = self.bench("oltp")
+        title = "Capture under OLTP load: pgbench TPC-B (issue 18)"
+        if not d:
+            return self.missing("oltp", title)
+        p = d["params"]
+        self.w(f"## {title}", "",
+               f"`pgbench -n -c {p['clients']} -j {p['threads']} -T {p['seconds']}` (TPC-B) at "
+               f"scale {p['scale']} with `pgbench_accounts`, `_tellers`, `_branches` and "
+               "`_history` captured (batchkit: two Redis sinks; PgQ: `logutriga` row triggers; "
+               "outbox: PL/pgSQL statement triggers), fresh `pgbench -i` and `CHECKPOINT` "
+               f"before every run, median of {p['reps']} run(s) in alternating order; ratios "
+               "to no capture in the same run. The load column is the 1-minute load average "
+               "before the runs (2 cores).", "", f"Command: `{self.cmd('oltp')}`", "")
+        res = d["runs"]
+        base = med([x["tps"] for x in res["plain"]])
+        pgq = med([x["tps"] for x in res["pgq"]]) if "pgq" in res else None
+        label = {"plain": "no capture (baseline)", "pgq": "PgQ logutriga (no consumer)",
+                 "outbox": "PL/pgSQL statement trigger -> outbox (no relay)",
+                 "bk_paused": "batchkit, sinks paused", "bk_delivering":
+                 "batchkit, sinks delivering to Redis"}
+        rows = []
+        for m in p["methods"]:
+            xs = [x["tps"] for x in res[m]]
+            t = med(xs)
+            loads = [x["loadavg_before"][0] for x in res[m]]
+            tgt, ok = "", None
+            if m == "bk_paused":
+                tgt = f">= {TARGETS['oltp_paused'][1]:g}x"
+                ok = t / base >= TARGETS["oltp_paused"][1]
+                self.summary.append(("oltp", "pgbench TPC-B, sinks paused, vs no capture",
+                                     ratio(t / base), tgt, verdict(ok)))
+                if pgq:
+                    okp = t / pgq >= TARGETS["oltp_paused_pgq"][1]
+                    self.summary.append(("oltp", "pgbench TPC-B, sinks paused, vs PgQ",
+                                         ratio(t / pgq),
+                                         f">= {TARGETS['oltp_paused_pgq'][1]:g}x", verdict(okp)))
+                self.headline.append(f"OLTP capture: pgbench TPC-B with 4 tables captured at "
+                                     f"{t / base:.2f}x the tps without capture (sinks paused)")
+            elif m == "bk_delivering":
+                tgt = f">= {TARGETS['oltp_delivering'][1]:g}x"
+                ok = t / base >= TARGETS["oltp_delivering"][1]
+                self.summary.append(("oltp", "pgbench TPC-B, sinks delivering, vs no capture",
+                                     ratio(t / base), tgt, verdict(ok)))
+            rows.append((label.get(m, m), f"{t:,.0f}", f"{min(xs):,.0f}-{max(xs):,.0f}",
+                         "1.00x" if m == "plain" else ratio(t / base),
+                         ratio(t / pgq) if pgq and m.startswith("bk_") else "",
+                         f"{med([x['wal_per_tx'] for x in res[m]]):,.0f} B",
+                         f"{min(loads):.1f}-{max(loads):.1f}", tgt, verdict(ok)))
+        self.w(table(("method", "tps (median)", "spread", "ratio to no capture", "ratio to PgQ",
+                      "WAL per tx", "load", "target", "verdict"), rows), "")
+        if "bk_delivering" in res:
+            dl = res["bk_delivering"]
+            self.w(f"Delivering: the flush worker used {med([x['flush_worker_cpu_s'] or 0 for x in dl]):.2f} s "
+                   f"of CPU per run ({med([x.get('flush_worker_cpu_us_per_row') or 0 for x in dl]):.1f} "
+                   f"µs per delivered row), redis-server {med([x['redis_cpu_s'] or 0 for x in dl]):.2f} s; "
+                   f"after each run every touched account's hash in Redis was checked against the "
+                   f"table ({med([x.get('verified_accounts') or 0 for x in dl]):,.0f} accounts).", "")
+
     # ---- summary, reproduction, output ---------------------------------------------------
     def write(self, readme=None):
         self.header()
         body_start = len(self.md)
         self.upsert()
         self.capture()
+        self.oltp()
         self.flush()
         self.metrics()
         body = self.md[body_start:]

@@ -6,6 +6,7 @@ its own throwaway services:
 
   upsert   bench/upsert/run.py    batch_upsert against SQL and client-side peers
   capture  bench/capture/run.py   writer overhead against the trigger outboxes and PgQ
+  oltp     bench/oltp/run.py      pgbench TPC-B with the 4 tables captured (issue 18)
   flush    bench/flush/run.py     drain, end to end, steady-state latency, worker
                                   memory and the batch_size sweep, against the relays
   metrics  bench/metrics/run.py   drain with and without a 10 Hz metrics reader
@@ -22,7 +23,7 @@ shows how busy the machine was. A benchmark that fails is recorded as failed
 (its log is kept) and the others still run; the exit status is then 1.
 
     BK_PGBIN=/usr/lib/postgresql/15/bin /usr/bin/python3 bench/run_all.py [--quick]
-        [--only upsert,capture,flush,metrics] [--out-dir DIR] [--no-report]
+        [--only upsert,capture,oltp,flush,metrics] [--out-dir DIR] [--no-report]
 """
 import argparse
 import glob
@@ -52,6 +53,7 @@ BENCHES = [
      ["--reps", "3", "--sizes", "100000,1000000", "--pgbench-tx", "10000",
       "--storage-rows", "1000000"],
      ["--quick"], "latest", 5),
+    ("oltp", "bench/oltp/run.py", ["--reps", "3", "--seconds", "20"], ["--quick"], "latest", 9),
     ("flush", "bench/flush/run.py",
      ["--rows", "1000000", "--reps", "1", "--drain-reps", "3",
       "--phases", "drain,e2e,steady,memory,sweep",
@@ -64,7 +66,7 @@ BENCHES = [
       "--interleaved-drains", "3", "--slice", "1"],
      ["--rows", "100000", "--reps", "1", "--interleaved-rows", "0"], "out", 6.5),
 ]
-QUICK_MINUTES = {"upsert": 0.5, "capture": 1, "flush": 2.5, "metrics": 1}
+QUICK_MINUTES = {"upsert": 0.5, "capture": 1, "oltp": 1, "flush": 2.5, "metrics": 1}
 
 
 class LoadSampler(threading.Thread):
@@ -140,7 +142,7 @@ def write_run(data_dir, run, sampler):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="~5 min smoke run into bench/out/quick")
-    ap.add_argument("--only", default="", help="comma list of benchmarks (upsert,capture,flush,metrics)")
+    ap.add_argument("--only", default="", help="comma list of benchmarks (upsert,capture,oltp,flush,metrics)")
     ap.add_argument("--out-dir", default=None,
                     help="where REPORT.md, plots/ and report-data/ go (default: bench/, "
                          "--quick: bench/out/quick/)")

@@ -19,7 +19,7 @@ def fixture(d):
 
     cmd = {n: {"command": f"BK_PGBIN=$BK_PGBIN /usr/bin/python3 bench/{n}/run.py --x",
                "exit": 0, "ok": True, "seconds": 60.0, "json": f"{n}.json", "log": f"{n}.log"}
-           for n in ("upsert", "capture", "flush", "metrics")}
+           for n in ("upsert", "capture", "oltp", "flush", "metrics")}
     dump("run", {"profile": "report", "started_at": "2026-01-01T00:00:00Z",
                  "finished_at": "2026-01-01T00:04:00Z", "benchmarks": cmd,
                  "machine": {"cpus": 2, "cpu_model": "Test CPU", "ram_bytes": 2**33,
@@ -50,6 +50,16 @@ def fixture(d):
                      "bulk": {"1000000": bulk}, "oltp": oltp,
                      "storage": {"rows": 2_000_000, "final_bytes": 300_000,
                                  "empty_bytes": 100_000, "peak_bytes": 10**9}})
+    # pgbench TPC-B: paused 2850/3000 = 0.95x (met), 2850/2400 = 1.19x PgQ (not met),
+    # delivering 2700/3000 = 0.90x (met)
+    tps = {"plain": 3000.0, "pgq": 2400.0, "outbox": 2000.0, "bk_paused": 2850.0,
+           "bk_delivering": 2700.0}
+    dump("oltp", {"params": {"scale": 10, "clients": 8, "threads": 2, "seconds": 20, "reps": 1,
+                             "methods": list(tps)},
+                  "runs": {m: [{"tps": t, "wal_per_tx": 4000.0, "loadavg_before": [1.5, 1, 1],
+                                "flush_worker_cpu_s": 2.0, "flush_worker_cpu_us_per_row": 8.0,
+                                "redis_cpu_s": 1.0, "verified_accounts": 40000}]
+                           for m, t in tps.items()}})
     lat = sorted([1.0 + (i % 50) for i in range(1000)])
     steady = {s: {"achieved_rows_per_s": 20000.0, "steady": {"p50_ms": 0, "p90_ms": 0,
                                                             "p99_ms": 0, "max_ms": 0, "n": 1000},
@@ -102,7 +112,11 @@ def test_report_from_fixture(tmp_path):
     # the same worker CPU at every size: flat from the smallest one
     assert "stays within 10% of that from batch_size 100 on: the default is on that plateau" in md
     assert "-1.00%" in md                                           # metrics change
-    assert "11 of 16 targets met in this run." in md
+    assert "| oltp | pgbench TPC-B, sinks paused, vs no capture | 0.95x | >= 0.92x | **met** |" in md
+    assert "| oltp | pgbench TPC-B, sinks paused, vs PgQ | 1.19x | >= 1.2x | **not met** |" in md
+    assert "| oltp | pgbench TPC-B, sinks delivering, vs no capture | 0.90x | >= 0.85x | " \
+        "**met** |" in md
+    assert "13 of 19 targets met in this run." in md
     for png in ("upsert.png", "capture_overhead.png", "latency.png", "batch_size.png"):
         f = tmp_path / "plots" / png
         assert f.exists() and f.stat().st_size > 5000, png
@@ -133,7 +147,7 @@ def test_report_noise_larger_than_the_effect_is_inconclusive(tmp_path):
     assert p.returncode == 0, p.stderr
     md = open(tmp_path / "REPORT.md").read()
     assert "| -1.00% | change < 2% | **inconclusive** |" in md
-    assert "10 of 15 targets met in this run; 1 inconclusive" in md
+    assert "12 of 18 targets met in this run; 1 inconclusive" in md
 
 
 def test_report_sweep_without_plateau(tmp_path):
