@@ -21,7 +21,10 @@ redis-server, then measures, all in the same run, `pgbench -n -c 8 -j 2 -T 20`
 Every run starts from a fresh `pgbench -i -s 10` (tables dropped and re-created,
 every queue emptied) and a CHECKPOINT; the repetitions (--reps, default 3)
 alternate the order of the methods. Reported: median tps and its ratio to the
-median of `plain` (and of `pgq`), the spread (min-max), the WAL per transaction,
+median of `plain` (and of `pgq`), the spread (min-max), the CPU per transaction
+of the whole cluster + pgbench + redis-server (the postmaster's children, running
+or reaped: a measure that other load on the machine changes little; its ratio
+is the tps ratio a dedicated CPU-bound machine would show), the WAL per transaction,
 the load average before each run and the CPU seconds of the flush worker and
 redis-server. Every run checks that the method captured exactly the rows the
 transactions changed (4 per transaction).
@@ -35,6 +38,7 @@ oltp-latest.json).
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -57,6 +61,41 @@ EVENTS = [("insert", "NEW TABLE AS new_table", "new_table"),
           ("delete", "OLD TABLE AS old_table", "old_table")]
 
 
+def _stat(pid):
+    """(ppid, utime + stime, cutime + cstime) of a process in seconds, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            x = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(x[1]), (int(x[11]) + int(x[12])) / tick, (int(x[13]) + int(x[14])) / tick
+
+
+class ClusterCpu:
+    """CPU seconds the whole cluster used: the postmaster's children still running
+    (backends, worker, walwriter, ...) plus those that exited meanwhile (the postmaster
+    reaps them: their time is in its cutime/cstime). On a shared machine this is the
+    measure other load does not change much: CPU per transaction."""
+
+    def __init__(self, pm):
+        self.pm = pm
+
+    def snap(self):
+        kids = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                st = _stat(int(d))
+                if st and st[0] == self.pm:
+                    kids[int(d)] = st[1]
+        pm = _stat(self.pm)
+        return pm[1] + pm[2], kids
+
+    @staticmethod
+    def used(a, b):
+        return (b[0] - a[0]) + sum(v - a[1].get(pid, 0.0) for pid, v in b[1].items())
+
+
 class Bench:
     def __init__(self, svc, args):
         self.svc = svc
@@ -65,6 +104,8 @@ class Bench:
         self.cur = self.conn.cursor()
         self.pgbench = os.path.join(benchlib.PGBIN, "pgbench")
         self.run_no = 0
+        with open(os.path.join(svc.pgdir, "data", "postmaster.pid")) as f:
+            self.cluster = ClusterCpu(int(f.readline()))
 
     def q(self, sql, params=None):
         self.cur.execute(sql, params)
@@ -221,10 +262,21 @@ class Bench:
         c0 = benchlib.cpu_times()
         w0 = benchlib.proc_cpu_seconds(wpid) if wpid else None
         r0 = benchlib.proc_cpu_seconds(self.svc.redis_pid)
+        k0 = self.cluster.snap()
+        u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         p = subprocess.run([self.pgbench, "-n", "-c", str(self.args.clients), "-j",
                             str(self.args.threads), "-T", str(self.args.seconds)],
                            env=self.svc.pg_env(), capture_output=True, text=True)
         c1 = benchlib.cpu_times()
+        u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # the postmaster reaps pgbench's backends right after it disconnects
+        for _ in range(50):
+            if self.q1("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client "
+                       "backend' AND pid <> pg_backend_pid()") == 0:
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)
+        k1 = self.cluster.snap()
         w1 = benchlib.proc_cpu_seconds(wpid) if wpid else None
         r1 = benchlib.proc_cpu_seconds(self.svc.redis_pid)
         la1 = benchlib.loadavg()
@@ -236,7 +288,13 @@ class Bench:
                            p.stdout).group(1))
         lat = float(re.search(r"latency average = ([0-9.]+) ms", p.stdout).group(1))
         wal = int(self.q1("SELECT pg_current_wal_insert_lsn() - %s::pg_lsn", (lsn0,)))
-        out = {"tps": tps, "tx": tx, "latency_ms": lat, "wal_bytes": wal,
+        pg_cpu = self.cluster.used(k0, k1)
+        client_cpu = (u1.ru_utime + u1.ru_stime) - (u0.ru_utime + u0.ru_stime)
+        redis_cpu = (r1 - r0) if r0 is not None and r1 is not None else 0.0
+        out = {"cpu_s": pg_cpu + client_cpu + redis_cpu, "postgres_cpu_s": pg_cpu,
+               "pgbench_cpu_s": client_cpu,
+               "cpu_us_per_tx": (pg_cpu + client_cpu + redis_cpu) * 1e6 / max(1, tx),
+               "tps": tps, "tx": tx, "latency_ms": lat, "wal_bytes": wal,
                "wal_per_tx": wal / max(1, tx), "loadavg_before": la0, "loadavg_after": la1,
                "machine_busy": (c1[0] - c0[0]) / max(1, c1[1] - c0[1]),
                "flush_worker_cpu_s": (w1 - w0) if w0 is not None and w1 is not None else None,
@@ -247,7 +305,8 @@ class Bench:
             if out["flush_worker_cpu_s"] is not None:
                 out["flush_worker_cpu_us_per_row"] = out["flush_worker_cpu_s"] * 1e6 / (4 * tx)
         self.detach(m)
-        log(f"  {m:<14} {tps:8.0f} tps  {tx:7d} tx  WAL/tx {wal / max(1, tx):6.0f} B  "
+        log(f"  {m:<14} {tps:8.0f} tps  {tx:7d} tx  CPU/tx {out['cpu_us_per_tx']:5.0f} us  "
+            f"WAL/tx {wal / max(1, tx):6.0f} B  "
             f"load {la0[0]:.2f}  busy {out['machine_busy']:.0%}"
             + (f"  worker CPU {out['flush_worker_cpu_s']:.2f} s" if wpid else "")
             + (f"  backlog at end {out['backlog_at_end']}, drained in "
@@ -298,13 +357,18 @@ def main():
                   "capture and to PgQ, same run)")
     base = median([x["tps"] for x in res["plain"]])
     pgq = median([x["tps"] for x in res["pgq"]]) if "pgq" in res else None
+    cbase = median([x["cpu_us_per_tx"] for x in res["plain"]])
+    cpgq = median([x["cpu_us_per_tx"] for x in res["pgq"]]) if "pgq" in res else None
     targets = {"bk_paused": ">= 0.92x plain, >= 1.2x PgQ", "bk_delivering": ">= 0.85x plain"}
     summary = {}
     for m in methods:
         xs = [x["tps"] for x in res[m]]
         med = median(xs)
         loads = [x["loadavg_before"][0] for x in res[m]]
-        note = (f"spread {min(xs):,.0f}-{max(xs):,.0f}; WAL/tx "
+        cpu = median([x["cpu_us_per_tx"] for x in res[m]])
+        note = (f"CPU/tx {cpu:,.0f} us = {cbase / cpu:.2f}x plain's tx per CPU-s"
+                + (f", {cpgq / cpu:.2f}x PgQ's" if m.startswith("bk_") and cpgq else "")
+                + f"; spread {min(xs):,.0f}-{max(xs):,.0f}; WAL/tx "
                 f"{median([x['wal_per_tx'] for x in res[m]]):,.0f} B; load "
                 f"{min(loads):.1f}-{max(loads):.1f}")
         if m.startswith("bk_") and pgq:
@@ -317,7 +381,9 @@ def main():
         table.add(f"{LABEL[m]}", f"{med:,.0f} tps", baseline=f"{base:,.0f} tps",
                   ratio=med / base, target=targets.get(m), note=note)
         summary[m] = {"tps_median": med, "ratio_plain": med / base,
-                      "ratio_pgq": (med / pgq) if pgq else None}
+                      "ratio_pgq": (med / pgq) if pgq else None, "cpu_us_per_tx": cpu,
+                      "cpu_ratio_plain": cbase / cpu,
+                      "cpu_ratio_pgq": (cpgq / cpu) if cpgq else None}
     result["summary"] = summary
     result["table"] = table.as_json()
     result["machine"]["loadavg_end"] = benchlib.loadavg()
