@@ -823,7 +823,9 @@ class Report:
                "outbox: PL/pgSQL statement triggers), fresh `pgbench -i` and `CHECKPOINT` "
                f"before every run, median of {p['reps']} run(s) in alternating order; ratios "
                "to no capture in the same run. The load column is the 1-minute load average "
-               "before the runs (2 cores).", "", f"Command: `{self.cmd('oltp')}`", "")
+               "before the runs (2 cores). CPU per tx counts every process of the cluster, "
+               "pgbench and redis-server: other load changes it far less than tps, and its "
+               "ratio is the tps ratio of a dedicated CPU-bound machine.", "", f"Command: `{self.cmd('oltp')}`", "")
         res = d["runs"]
         base = med([x["tps"] for x in res["plain"]])
         pgq = med([x["tps"] for x in res["pgq"]]) if "pgq" in res else None
@@ -831,9 +833,11 @@ class Report:
                  "outbox": "PL/pgSQL statement trigger -> outbox (no relay)",
                  "bk_paused": "batchkit, sinks paused", "bk_delivering":
                  "batchkit, sinks delivering to Redis"}
+        cbase = med([x.get("cpu_us_per_tx") for x in res["plain"]])
         rows = []
         for m in p["methods"]:
             xs = [x["tps"] for x in res[m]]
+            cpu = med([x.get("cpu_us_per_tx") for x in res[m]])
             t = med(xs)
             loads = [x["loadavg_before"][0] for x in res[m]]
             tgt, ok = "", None
@@ -857,10 +861,11 @@ class Report:
             rows.append((label.get(m, m), f"{t:,.0f}", f"{min(xs):,.0f}-{max(xs):,.0f}",
                          "1.00x" if m == "plain" else ratio(t / base),
                          ratio(t / pgq) if pgq and m.startswith("bk_") else "",
+                         f"{cpu:,.0f} µs = {cbase / cpu:.2f}x" if cpu and cbase else "-",
                          f"{med([x['wal_per_tx'] for x in res[m]]):,.0f} B",
                          f"{min(loads):.1f}-{max(loads):.1f}", tgt, verdict(ok)))
         self.w(table(("method", "tps (median)", "spread", "ratio to no capture", "ratio to PgQ",
-                      "WAL per tx", "load", "target", "verdict"), rows), "")
+                      "CPU per tx (ratio to no capture)", "WAL per tx", "load", "target", "verdict"), rows), "")
         if "bk_delivering" in res:
             dl = res["bk_delivering"]
             self.w(f"Delivering: the flush worker used {med([x['flush_worker_cpu_s'] or 0 for x in dl]):.2f} s "

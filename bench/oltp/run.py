@@ -366,7 +366,9 @@ def main():
         med = median(xs)
         loads = [x["loadavg_before"][0] for x in res[m]]
         cpu = median([x["cpu_us_per_tx"] for x in res[m]])
-        note = (f"CPU/tx {cpu:,.0f} us = {cbase / cpu:.2f}x plain's tx per CPU-s"
+        cs = [x["cpu_us_per_tx"] for x in res[m]]
+        note = (f"CPU/tx {cpu:,.0f} us ({min(cs):,.0f}-{max(cs):,.0f}) = {cbase / cpu:.2f}x "
+                "plain's tx per CPU-s"
                 + (f", {cpgq / cpu:.2f}x PgQ's" if m.startswith("bk_") and cpgq else "")
                 + f"; spread {min(xs):,.0f}-{max(xs):,.0f}; WAL/tx "
                 f"{median([x['wal_per_tx'] for x in res[m]]):,.0f} B; load "

@@ -56,7 +56,8 @@ def fixture(d):
            "bk_delivering": 2700.0}
     dump("oltp", {"params": {"scale": 10, "clients": 8, "threads": 2, "seconds": 20, "reps": 1,
                              "methods": list(tps)},
-                  "runs": {m: [{"tps": t, "wal_per_tx": 4000.0, "loadavg_before": [1.5, 1, 1],
+                  "runs": {m: [{"tps": t, "wal_per_tx": 4000.0, "cpu_us_per_tx": 1.6e6 / t,
+                                "loadavg_before": [1.5, 1, 1],
                                 "flush_worker_cpu_s": 2.0, "flush_worker_cpu_us_per_row": 8.0,
                                 "redis_cpu_s": 1.0, "verified_accounts": 40000}]
                            for m, t in tps.items()}})
@@ -116,6 +117,7 @@ def test_report_from_fixture(tmp_path):
     assert "| oltp | pgbench TPC-B, sinks paused, vs PgQ | 1.19x | >= 1.2x | **not met** |" in md
     assert "| oltp | pgbench TPC-B, sinks delivering, vs no capture | 0.90x | >= 0.85x | " \
         "**met** |" in md
+    assert "| batchkit, sinks paused | 2,850 |" in md and "561 µs = 0.95x" in md
     assert "13 of 19 targets met in this run." in md
     for png in ("upsert.png", "capture_overhead.png", "latency.png", "batch_size.png"):
         f = tmp_path / "plots" / png
