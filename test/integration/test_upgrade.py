@@ -352,8 +352,15 @@ def test_library_and_extension_upgrade_from_0_1_0(services, old_library):
         # every row delivered exactly as the fresh database delivered it
         old_s, new_s = stream_entries(r, "old:items"), stream_entries(r1, "new:items")
         assert len(old_s) == len(new_s) > 300
-        for a, b in zip(old_s, new_s):
-            assert normalized(a["data"]) == normalized(b["data"])
+        # per key in commit order (the guarantee); the order of different keys inside one
+        # statement follows its scan of the table, which heap pruning may change
+        def by_key(entries):
+            out = {}
+            for e in entries:
+                m = normalized(e["data"])
+                out.setdefault(json.dumps(m["key"], sort_keys=True), []).append(m)
+            return out
+        assert by_key(old_s) == by_key(new_s)
         assert not any("never" in e["data"] for e in old_s)       # rolled back, never sent
         enq = stream_entries(r, "old:outbox")
         assert [json.loads(e["data"])["event"] for e in enq] == ["hello", "bye"]
