@@ -163,6 +163,9 @@ bk_code bk_flush_pipeline_step(bk_flush_pipeline *p, bk_flush_step *io, bk_statu
  */
 void bk_flush_pipeline_drop(bk_flush_pipeline *p, int finish);
 
+/* The caller failed the sink's turn (an error outside the ports): back off. */
+void bk_flush_pipeline_backoff(bk_flush_pipeline *p, const char *msg, uint64_t rows_failed);
+
 int bk_flush_pipeline_failing(const bk_flush_pipeline *p);
 /* Rows of the batches the pipeline holds. */
 uint64_t bk_flush_pipeline_rows(const bk_flush_pipeline *p);

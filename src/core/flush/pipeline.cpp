@@ -531,6 +531,11 @@ void bk_flush_pipeline_drop(bk_flush_pipeline *p, int finish) {
         p->drop(finish != 0);
 }
 
+void bk_flush_pipeline_backoff(bk_flush_pipeline *p, const char *msg, uint64_t rows_failed) {
+    if (p)
+        p->fail(msg ? msg : "", rows_failed);
+}
+
 int bk_flush_pipeline_failing(const bk_flush_pipeline *p) {
     return p && p->failing;
 }
