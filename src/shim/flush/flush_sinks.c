@@ -164,7 +164,7 @@ drain_sink_logs(SinkRuntime *s)
  * lagged behind the old primary (whose last claims and acknowledgements were
  * lost with it), a database restored from a backup, a sink re-created under the
  * same name. Until the fence has been read (Redis may be down when the sink is
- * opened, e.g. at promotion), nothing is claimed for the sink (deliver_one).
+ * opened, e.g. at promotion), nothing is claimed for the sink (the pipeline reads it first: fence_unknown).
  */
 void
 record_fence(SinkRuntime *s, int64 fence)
