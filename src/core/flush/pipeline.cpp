@@ -404,15 +404,18 @@ bk_code bk_flush_pipeline::step(bk_flush_step *io, bk_status *st) {
         if (f->state == State::Started)
             for (auto &s : f->sent)
                 finish_first = finish_first || s.code == BK_SEND_REJECTED;
-    if (cur && !finish_first) {
-        rc = start(*cur, st);
-        if (rc != BK_OK) {
+    // a batch that cannot be started drops the pipeline and puts the sink in backoff
+    auto start_or_fail = [&]() {
+        bk_code c = start(*cur, st);
+        if (c != BK_OK) {
             drop(true);
             fail(st->message, 0);
             io->wait_ms = 1;
-            return rc;
         }
-    }
+        return c;
+    };
+    if (cur && !finish_first && (rc = start_or_fail()) != BK_OK)
+        return rc;
     size_t keep = (cur && !finish_first) ? cfg.depth - 1 : 0;
     for (auto &f : flights) {
         if (f->state != State::Started || count(State::Started) <= keep)
@@ -424,15 +427,8 @@ bk_code bk_flush_pipeline::step(bk_flush_step *io, bk_status *st) {
             return BK_OK;
         }
     }
-    if (cur && finish_first) {
-        rc = start(*cur, st);
-        if (rc != BK_OK) {
-            drop(true);
-            fail(st->message, 0);
-            io->wait_ms = 1;
-            return rc;
-        }
-    }
+    if (cur && finish_first && (rc = start_or_fail()) != BK_OK)
+        return rc;
     if (!cur && !acked && count(State::Delivered) == 0) {
         note(BK_FLUSH_NOTE_IDLE, 0, 0, nullptr);
         return BK_OK;

@@ -434,15 +434,19 @@ extension_present(void)
 	return present;
 }
 
+/*
+ * Run fn in a transaction of its own, SPI connected, with a snapshot; an error is
+ * logged and the transaction aborted (the worker goes on with its next round).
+ */
 static void
-maintain_queue(void)
+run_in_transaction(void (*fn) (void))
 {
 	PG_TRY();
 	{
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		SPI_execute("SELECT * FROM batchkit.maintain_queue()", false, 0);
+		fn();
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -454,6 +458,18 @@ maintain_queue(void)
 		AbortCurrentTransaction();
 	}
 	PG_END_TRY();
+}
+
+static void
+run_maintain_queue(void)
+{
+	SPI_execute("SELECT * FROM batchkit.maintain_queue()", false, 0);
+}
+
+static void
+maintain_queue(void)
+{
+	run_in_transaction(run_maintain_queue);
 }
 
 /* Re-read the sinks every 200 ms or when asked; false: the extension was dropped. */
@@ -472,23 +488,7 @@ reload_if_due(TimestampTz *last_reload)
 		ereport(LOG, (errmsg("batchkit flush worker exiting: the extension was dropped")));
 		return false;
 	}
-	PG_TRY();
-	{
-		StartTransactionCommand();
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		reload_sinks();
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		EmitErrorReport();
-		FlushErrorState();
-		AbortCurrentTransaction();
-	}
-	PG_END_TRY();
+	run_in_transaction(reload_sinks);
 	*last_reload = now;
 	return true;
 }
